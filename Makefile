@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv, build the extension, train HyCon on the embedded IEMOCAP demo data
+#   make test   set up .venv, build the extension, run the tests (and the CUDA compile check if nvcc exists)
+PYTHON ?= python3
+VENV ?= .venv
+# The torch to build against. The default is the CPU build; for a GPU use e.g. TORCH_SPEC="torch==2.14.1".
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+NVCC := $(or $(wildcard $(CUDA_HOME)/bin/nvcc),$(wildcard /usr/local/cuda/bin/nvcc),$(shell command -v nvcc 2>/dev/null))
+
+.PHONY: setup demo test test-cuda-build bench report clean
+
+setup: $(VENV)/.installed
+
+# --no-build-isolation: an isolated build would download a different (multi-GB) torch and
+# compile the kernels against it instead of the torch installed here.
+$(VENV)/.installed: setup.py pyproject.toml requirements.txt $(wildcard csrc/*.* csrc/*/*.*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e . --no-build-isolation
+	touch $@
+
+demo: setup
+	$(PY) train/main.py --dataset iemocap --demo
+
+test: setup
+	OMP_NUM_THREADS=2 $(PY) -m pytest tests bench --benchmark-disable -q
+ifneq ($(NVCC),)
+	$(MAKE) test-cuda-build
+endif
+
+# Proves the CUDA kernels compile and link against a CUDA torch, on a machine without a GPU.
+test-cuda-build:
+	bash scripts/check_cuda_build.sh
+
+bench: setup
+	$(PY) -m pytest bench --benchmark-only
+
+report: setup
+	$(PY) bench/report.py
+
+clean:
+	rm -rf build *.egg-info hycon_ext/_C*.so

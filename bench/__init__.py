@@ -1,0 +1,1 @@
+"""Benchmarks of hycon_ext against pure PyTorch (pytest-benchmark cases and report.py)."""

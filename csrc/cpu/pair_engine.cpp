@@ -1,0 +1,401 @@
+#include "pair_engine.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../pair_common.h"
+
+namespace hycon_ext::cpu {
+namespace {
+
+// Similarity workspace bound: chunk * M <= kWorkspaceElems, with at least kMinChunk rows so
+// the matmul stays efficient.
+constexpr int64_t kWorkspaceElems = int64_t(1) << 22;
+constexpr int64_t kMinChunk = 32;
+
+int64_t chunk_rows(int64_t n, int64_t m) {
+  const int64_t c = std::max(kMinChunk, kWorkspaceElems / std::max<int64_t>(m, 1));
+  return std::max<int64_t>(1, std::min(c, n));
+}
+
+// Rows per parallel task: small problems stay on one thread (waking a team costs more).
+constexpr int64_t kPairsPerTask = int64_t(1) << 15;
+int64_t row_grain(int64_t m) { return std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(m, 1)); }
+
+// One code path for the forward and the backward, so the backward recomputes bitwise the
+// similarities the selection saw.
+at::Tensor chunk_similarities(const at::Tensor& za, const at::Tensor& zc_t, int64_t begin,
+                              int64_t rows, at::Tensor& workspace) {
+  at::Tensor s = workspace.narrow(0, 0, rows);
+  at::mm_out(s, za.narrow(0, begin, rows), zc_t);
+  return s;
+}
+
+// How a candidate relates to its anchor (bit 0: same class, 1: same modality, 2: same
+// sample). Every mode's pair kind depends only on it, so a row is classified once.
+constexpr int kRelations = 8;
+
+inline int relation(const int64_t* a, const int64_t* c) {
+  return static_cast<int>(c[kDescClass] == a[kDescClass]) |
+         static_cast<int>(c[kDescModality] == a[kDescModality]) << 1 |
+         static_cast<int>(c[kDescSample] == a[kDescSample]) << 2;
+}
+
+// The modes of one call, tabulated by relation.
+struct Plan {
+  Plan(at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel) {
+    for (size_t k = 0; k < modes.size(); ++k) {
+      const bool selectable = sel.enabled && modes[k] != SAME_SAMPLE;
+      ModeCfg mc{targets[k], selectable && sel.select_pos, selectable && sel.select_neg, {}};
+      for (int rel = 0; rel < kRelations; ++rel) {
+        // Descriptors that realise `rel` against the anchor (0, 0, 0).
+        mc.kind[rel] = classify_pair(modes[k], 0, 0, 0, (rel & 1) ? 0 : 1, (rel & 2) ? 0 : 1,
+                                     (rel & 4) ? 0 : 1);
+        if ((mc.kind[rel] == kPositive && mc.sel_pos) ||
+            (mc.kind[rel] == kNegative && mc.sel_neg)) {
+          selected[rel].push_back({static_cast<int>(k), mc.kind[rel] == kPositive});
+          any_sel_neg = any_sel_neg || mc.kind[rel] == kNegative;
+        }
+      }
+      cfg.push_back(mc);
+    }
+  }
+  struct ModeCfg {
+    double target;
+    bool sel_pos;  // top-h selection + detached softmax(1/(s+gamma)) weights on positives
+    bool sel_neg;  // top-h selection + softmax(s) weights on negatives
+    int kind[kRelations];
+  };
+  struct SelectedSide {
+    int mode;
+    bool positive;
+  };
+  std::vector<ModeCfg> cfg;
+  std::vector<SelectedSide> selected[kRelations];  // sides whose pairs go through selection
+  bool any_sel_neg = false;
+};
+
+template <typename scalar_t>
+struct Candidate {
+  scalar_t s;
+  int64_t j;
+};
+
+// design.md order: positives by (s ascending, j ascending), negatives by (s descending,
+// j ascending); the first h are kept.
+template <typename scalar_t>
+bool pos_before(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
+  return a.s < b.s || (a.s == b.s && a.j < b.j);
+}
+template <typename scalar_t>
+bool neg_before(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
+  return a.s > b.s || (a.s == b.s && a.j < b.j);
+}
+
+// Per-thread accumulators for one anchor row, reused across rows.
+template <typename scalar_t>
+struct RowScratch {
+  explicit RowScratch(size_t n_modes) : pos(n_modes), neg(n_modes) {}
+  void reset() {
+    std::fill(std::begin(sum), std::end(sum), 0.0);
+    std::fill(std::begin(sq), std::end(sq), 0.0);
+    std::fill(std::begin(count), std::end(count), 0);
+    for (auto& p : pos) p.clear();
+    for (auto& q : neg) q.clear();
+  }
+  double sum[kRelations], sq[kRelations];  // sum of s and s^2 per relation
+  int64_t count[kRelations];
+  std::vector<std::vector<Candidate<scalar_t>>> pos, neg;  // non-NaN pairs of selected sides
+};
+
+template <typename scalar_t>
+void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
+                 const Plan& plan, const Selection& sel, scalar_t* stats, scalar_t* state,
+                 RowScratch<scalar_t>& r) {
+  r.reset();
+  for (int64_t j = 0; j < m; ++j) {
+    const int rel = relation(a, c_ids + j * kDescCols);
+    const scalar_t s = s_row[j];
+    r.sum[rel] += s;
+    r.sq[rel] += static_cast<double>(s) * s;
+    ++r.count[rel];
+    const auto& sides = plan.selected[rel];
+    if (!sides.empty() && !std::isnan(s)) {  // NaN has no order: it never enters a selection
+      for (const auto& side : sides) {
+        (side.positive ? r.pos : r.neg)[side.mode].push_back({s, j});
+      }
+    }
+  }
+
+  const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+  const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+  for (size_t k = 0; k < plan.cfg.size(); ++k) {
+    const auto& mc = plan.cfg[k];
+    const double t = mc.target;
+    double pos_sum = 0, neg_sum = 0, refine = 0, nan_probe = 0;
+    int64_t n_pos = 0;
+    for (int rel = 0; rel < kRelations; ++rel) {
+      if (mc.kind[rel] == kIgnored) continue;
+      nan_probe += r.sum[rel];
+      if (mc.kind[rel] == kPositive) {
+        n_pos += r.count[rel];
+        if (!mc.sel_pos) {
+          pos_sum += r.sum[rel];
+          refine += r.sq[rel] - 2 * t * r.sum[rel] + t * t * r.count[rel];  // sum (s - t)^2
+        }
+      } else if (!mc.sel_neg) {
+        neg_sum += r.sum[rel];
+      }
+    }
+
+    scalar_t t_p = inf, j_p = static_cast<scalar_t>(m), t_n = -inf,
+             j_n = static_cast<scalar_t>(m), m_p = 0, sum_p = 1, sum_n = 1;
+    int64_t pos_count = n_pos;
+    if (mc.sel_pos) {
+      auto& p = r.pos[k];
+      int64_t kept = static_cast<int64_t>(p.size());
+      if (kept > sel.h) {
+        std::nth_element(p.begin(), p.begin() + (sel.h - 1), p.end(), pos_before<scalar_t>);
+        kept = sel.h;
+        t_p = p[kept - 1].s;
+        j_p = static_cast<scalar_t>(p[kept - 1].j);
+      }
+      pos_count = std::min(sel.h, n_pos);
+      double z = 0;
+      if (kept > 0) {
+        scalar_t s_min = p[0].s;
+        for (int64_t i = 1; i < kept; ++i) s_min = std::min(s_min, p[i].s);
+        // Rounded to the state dtype first: the backward sees the same shift.
+        m_p = static_cast<scalar_t>(1.0 / (static_cast<double>(s_min) + sel.gamma));
+        for (int64_t i = 0; i < kept; ++i) {
+          const double s = p[i].s;
+          const double e = std::exp(1.0 / (s + sel.gamma) - static_cast<double>(m_p));
+          z += e;
+          pos_sum += s * e;
+          refine += (s - t) * (s - t);
+        }
+        pos_sum /= z;
+      }
+      sum_p = static_cast<scalar_t>(z);
+    }
+    if (mc.sel_neg) {
+      auto& q = r.neg[k];
+      int64_t kept = static_cast<int64_t>(q.size());
+      if (kept > sel.h) {
+        std::nth_element(q.begin(), q.begin() + (sel.h - 1), q.end(), neg_before<scalar_t>);
+        kept = sel.h;
+        t_n = q[kept - 1].s;
+        j_n = static_cast<scalar_t>(q[kept - 1].j);
+      }
+      double z = 0;
+      for (int64_t i = 0; i < kept; ++i) {
+        const double s = q[i].s;
+        const double e = std::exp(s);
+        z += e;
+        neg_sum += s * e;
+      }
+      if (kept > 0) neg_sum /= z;
+      sum_n = static_cast<scalar_t>(z);
+    }
+
+    scalar_t* st = stats + k * kStatCols;
+    st[kPosSum] = static_cast<scalar_t>(pos_sum);
+    st[kNegSum] = static_cast<scalar_t>(neg_sum);
+    st[kPosCount] = static_cast<scalar_t>(pos_count);
+    st[kRefineSum] = static_cast<scalar_t>(refine);
+    if (std::isnan(nan_probe)) {
+      // A NaN similarity among the row's pairs poisons its sums (pos_count stays a count,
+      // so the loss keeps the anchor and propagates the NaN).
+      st[kPosSum] = st[kNegSum] = st[kRefineSum] = nan;
+      if (mc.sel_pos) m_p = sum_p = nan;
+      if (mc.sel_neg) sum_n = nan;
+    }
+    if (state != nullptr) {
+      scalar_t* sv = state + k * kStateCols;
+      sv[kStateTp] = t_p;
+      sv[kStateJp] = j_p;
+      sv[kStateTn] = t_n;
+      sv[kStateJn] = j_n;
+      sv[kStateMp] = m_p;
+      sv[kStateSumP] = sum_p;
+      sv[kStateSumN] = sum_n;
+    }
+  }
+}
+
+// Overwrites the row's similarities with dL/dS.
+template <typename scalar_t>
+void backward_row(scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
+                  const Plan& plan, const Selection& sel, const scalar_t* grad,
+                  const scalar_t* state, std::vector<double>& neg_mean) {
+  // Unselected pairs: dL/ds = lin[rel] + slope[rel] * s (pos_sum, neg_sum, refine terms).
+  double lin[kRelations] = {}, slope[kRelations] = {};
+  for (size_t k = 0; k < plan.cfg.size(); ++k) {
+    const auto& mc = plan.cfg[k];
+    const scalar_t* g = grad + k * kStatCols;
+    const double g_pos = g[kPosSum], g_neg = g[kNegSum], g_ref = g[kRefineSum];
+    for (int rel = 0; rel < kRelations; ++rel) {
+      if (mc.kind[rel] == kPositive && !mc.sel_pos) {
+        lin[rel] += g_pos - 2 * g_ref * mc.target;
+        slope[rel] += 2 * g_ref;
+      } else if (mc.kind[rel] == kNegative && !mc.sel_neg) {
+        lin[rel] += g_neg;
+      }
+    }
+  }
+  auto pos_kept = [](const scalar_t* sv, scalar_t s, int64_t j) {
+    return s < sv[kStateTp] ||
+           (s == sv[kStateTp] && static_cast<double>(j) <= static_cast<double>(sv[kStateJp]));
+  };
+  auto neg_kept = [](const scalar_t* sv, scalar_t s, int64_t j) {
+    return s > sv[kStateTn] ||
+           (s == sv[kStateTn] && static_cast<double>(j) <= static_cast<double>(sv[kStateJn]));
+  };
+
+  // d/ds_j sum_n s_n softmax(s)_n = w_j (1 + s_j - neg_sum): the kept negatives' weighted
+  // mean (neg_sum) needs a first pass.
+  std::fill(neg_mean.begin(), neg_mean.end(), 0.0);
+  if (plan.any_sel_neg) {
+    for (int64_t j = 0; j < m; ++j) {
+      const scalar_t s = s_row[j];
+      for (const auto& side : plan.selected[relation(a, c_ids + j * kDescCols)]) {
+        if (!side.positive && neg_kept(state + side.mode * kStateCols, s, j)) {
+          neg_mean[side.mode] += static_cast<double>(s) * std::exp(static_cast<double>(s));
+        }
+      }
+    }
+    for (size_t k = 0; k < plan.cfg.size(); ++k) {
+      if (plan.cfg[k].sel_neg) {
+        neg_mean[k] /= static_cast<double>(state[k * kStateCols + kStateSumN]);
+      }
+    }
+  }
+
+  for (int64_t j = 0; j < m; ++j) {
+    const int rel = relation(a, c_ids + j * kDescCols);
+    const double s = s_row[j];
+    // slope is 0 for negatives: their gradient stays finite at a NaN similarity.
+    double d = lin[rel] + (slope[rel] != 0 ? slope[rel] * s : 0.0);
+    for (const auto& side : plan.selected[rel]) {
+      const scalar_t* sv = state + side.mode * kStateCols;
+      const scalar_t* g = grad + side.mode * kStatCols;
+      if (side.positive) {
+        if (!pos_kept(sv, s_row[j], j)) continue;
+        const double w = std::exp(1.0 / (s + sel.gamma) - static_cast<double>(sv[kStateMp])) /
+                         static_cast<double>(sv[kStateSumP]);
+        // w_p is detached; the refinement term is unweighted.
+        d += static_cast<double>(g[kPosSum]) * w +
+             2.0 * static_cast<double>(g[kRefineSum]) * (s - plan.cfg[side.mode].target);
+      } else {
+        if (!neg_kept(sv, s_row[j], j)) continue;
+        const double w = std::exp(s) / static_cast<double>(sv[kStateSumN]);
+        d += static_cast<double>(g[kNegSum]) * w * (1.0 + s - neg_mean[side.mode]);
+      }
+    }
+    s_row[j] = static_cast<scalar_t>(d);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
+    const Selection& sel) {
+  const auto dtype = compute_dtype(za.scalar_type());
+  const at::Tensor za_c = za.to(dtype).contiguous();
+  const at::Tensor zc_c = zc.to(dtype).contiguous();
+  const at::Tensor a_c = a_ids.contiguous();
+  const at::Tensor c_c = c_ids.contiguous();
+  const int64_t n = za.size(0), m = zc.size(0);
+  const int64_t n_modes = static_cast<int64_t>(modes.size());
+  const Plan plan(modes, targets, sel);
+
+  at::Tensor stats = at::empty({n, n_modes, kStatCols}, za_c.options());
+  at::Tensor state =
+      sel.enabled ? at::empty({n, n_modes, kStateCols}, za_c.options()) : at::Tensor();
+  if (n == 0 || n_modes == 0) return {stats, state};
+
+  const int64_t chunk = chunk_rows(n, m);
+  at::Tensor workspace = at::empty({chunk, m}, za_c.options());
+  const at::Tensor zc_t = zc_c.t();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_forward", [&] {
+    const int64_t* a_ptr = a_c.data_ptr<int64_t>();
+    const int64_t* c_ptr = c_c.data_ptr<int64_t>();
+    scalar_t* stats_ptr = stats.data_ptr<scalar_t>();
+    scalar_t* state_ptr = sel.enabled ? state.data_ptr<scalar_t>() : nullptr;
+    for (int64_t begin = 0; begin < n; begin += chunk) {
+      const int64_t rows = std::min(chunk, n - begin);
+      const at::Tensor s = chunk_similarities(za_c, zc_t, begin, rows, workspace);
+      const scalar_t* s_ptr = s.data_ptr<scalar_t>();
+      at::parallel_for(0, rows, row_grain(m), [&](int64_t r0, int64_t r1) {
+        RowScratch<scalar_t> scratch(plan.cfg.size());
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t i = begin + r;
+          forward_row<scalar_t>(s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, plan, sel,
+                                stats_ptr + i * n_modes * kStatCols,
+                                state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
+                                scratch);
+        }
+      });
+    }
+  });
+  return {stats, state};
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
+    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state) {
+  const auto dtype = compute_dtype(za.scalar_type());
+  const at::Tensor za_c = za.to(dtype).contiguous();
+  const at::Tensor zc_c = zc.to(dtype).contiguous();
+  const at::Tensor a_c = a_ids.contiguous();
+  const at::Tensor c_c = c_ids.contiguous();
+  const at::Tensor grad_c = grad_stats.to(dtype).contiguous();
+  const at::Tensor state_c = sel.enabled ? state.contiguous() : at::Tensor();
+  const int64_t n = za.size(0), m = zc.size(0), d = za.size(1);
+  const int64_t n_modes = static_cast<int64_t>(modes.size());
+  const Plan plan(modes, targets, sel);
+
+  at::Tensor grad_za = at::zeros({n, d}, za_c.options());
+  at::Tensor grad_zc = at::zeros({m, d}, za_c.options());
+  if (n > 0 && n_modes > 0) {
+    const int64_t chunk = chunk_rows(n, m);
+    at::Tensor workspace = at::empty({chunk, m}, za_c.options());
+    const at::Tensor zc_t = zc_c.t();
+    AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_backward", [&] {
+      const int64_t* a_ptr = a_c.data_ptr<int64_t>();
+      const int64_t* c_ptr = c_c.data_ptr<int64_t>();
+      const scalar_t* grad_ptr = grad_c.data_ptr<scalar_t>();
+      const scalar_t* state_ptr = sel.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
+      for (int64_t begin = 0; begin < n; begin += chunk) {
+        const int64_t rows = std::min(chunk, n - begin);
+        at::Tensor ds = chunk_similarities(za_c, zc_t, begin, rows, workspace);
+        scalar_t* ds_ptr = ds.data_ptr<scalar_t>();
+        at::parallel_for(0, rows, row_grain(m), [&](int64_t r0, int64_t r1) {
+          std::vector<double> neg_mean(plan.cfg.size());
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t i = begin + r;
+            backward_row<scalar_t>(ds_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, plan, sel,
+                                   grad_ptr + i * n_modes * kStatCols,
+                                   state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
+                                   neg_mean);
+          }
+        });
+        // S = za zc^T: chunks run one after another, so accumulating into grad_zc is safe.
+        at::Tensor grad_za_rows = grad_za.narrow(0, begin, rows);
+        at::mm_out(grad_za_rows, ds, zc_c);
+        grad_zc.addmm_(ds.t(), za_c.narrow(0, begin, rows));
+      }
+    });
+  }
+  return {grad_za.to(za.scalar_type()), grad_zc.to(zc.scalar_type())};
+}
+
+}  // namespace hycon_ext::cpu

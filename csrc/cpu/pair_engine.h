@@ -1,0 +1,32 @@
+// Streaming CPU engine behind pair_sums and hard_pair_sums: walks anchor rows in chunks,
+// computes a chunk's similarities with one matmul, reduces each row to its per-mode stats
+// and drops the chunk (peak extra memory O((N + M) d + chunk * M)).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace hycon_ext::cpu {
+
+struct Selection {
+  bool enabled = false;  // false: pair_sums (every pair kept, unweighted)
+  int64_t h = 0;
+  double gamma = 1.0;
+  bool select_pos = false;
+  bool select_neg = false;
+};
+
+// (stats, state); state is (N, n_modes, 7) when sel.enabled, else undefined.
+std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
+    const Selection& sel);
+
+// (grad_za, grad_zc); state is the forward's when sel.enabled, else ignored.
+std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
+    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state);
+
+}  // namespace hycon_ext::cpu

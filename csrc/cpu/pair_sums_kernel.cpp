@@ -1,0 +1,33 @@
+#include <torch/library.h>
+
+#include "../pair_common.h"
+#include "pair_engine.h"
+
+namespace hycon_ext {
+namespace {
+
+at::Tensor pair_sums_cpu(const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+                         const at::Tensor& c_ids, at::IntArrayRef modes,
+                         at::ArrayRef<double> targets) {
+  check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
+  return std::get<0>(cpu::pair_stats_forward(za, zc, a_ids, c_ids, modes, targets, {}));
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_sums_backward_cpu(
+    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets) {
+  check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
+  check_row_table(grad_stats, "grad_stats", za, static_cast<int64_t>(modes.size()), kStatCols);
+  return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, {},
+                                  at::Tensor());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hycon_ext, CPU, m) {
+  m.impl("pair_sums", &pair_sums_cpu);
+  m.impl("pair_sums_backward", &pair_sums_backward_cpu);
+}
+
+}  // namespace hycon_ext

@@ -1,0 +1,36 @@
+// C++ API of the hycon_ext ops: each call goes through the dispatcher (so autograd, CPU and
+// CUDA kernels are picked as for torch.ops.hycon_ext.* in Python). Schemas: docs/design.md.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace hycon_ext {
+
+// softmax(x) softmax(y)^T, (N, M).
+at::Tensor similarity(const at::Tensor& x, const at::Tensor& y);
+std::tuple<at::Tensor, at::Tensor> similarity_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y);
+
+// Per-anchor stats (N, n_modes, 4): [pos_sum, neg_sum, pos_count, refine_sum].
+at::Tensor pair_sums(
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets);
+std::tuple<at::Tensor, at::Tensor> pair_sums_backward(
+    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets);
+
+// Top-h hard-pair selection (HyCon-v2): returns (stats, state), state (N, n_modes, 7).
+std::tuple<at::Tensor, at::Tensor> hard_pair_sums(
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
+    double gamma, bool select_pos, bool select_neg);
+std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward(
+    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
+    const at::Tensor& state);
+
+}  // namespace hycon_ext

@@ -1,0 +1,134 @@
+"""The HyCon loss over a batch split across torch.distributed ranks (docs/distributed.md).
+
+Each rank all-gathers every rank's modality rows and labels, scores its OWN anchor rows
+against ALL gathered candidate rows (per-rank cost (3K/W) x 3K instead of (3K)^2), and
+all-reduces the un-normalised term sums and anchor counts. The values returned equal the
+single-process hycon_loss over the global batch: the concatenation of the ranks' batches in
+rank order.
+
+Gradient scaling. The global loss is L = sum_r L_r, where L_r = (rank r's term sums) /
+(global counts) is rank r's local part. Backpropagating L_r on every rank, with the gather's
+backward summing each rank's gradient for a row and returning it to the row's owner, leaves
+exactly dL/dx_r on rank r's inputs x_r. DistributedDataParallel then AVERAGES parameter
+gradients over the W ranks, which would give dL/dtheta / W. So with scale_for_ddp=True (the
+default) the returned tensors backpropagate W * L_r: after DDP's averaging every parameter
+holds exactly the gradient of the global loss, as in one process with the global batch (and
+each x_r.grad is W * dL/dx_r). With scale_for_ddp=False they backpropagate L_r (x_r.grad is
+dL/dx_r), for callers that sum gradients over ranks themselves. Either way the *value* of
+every returned tensor is the global loss, identical on all ranks, ready to log.
+"""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .loss import (_N_MODALITIES, HyConOutput, HyConTerms, _check_inputs, _check_lambdas,
+                   hycon_loss, hycon_terms, terms_to_output)
+from .pairs import row_descriptors
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of equal-shaped tensors, stacked (W, ...); gradients go back to their owner.
+
+    The backward sums every rank's gradient for the gathered tensor and returns the owner's
+    slice. (torch.distributed.nn.functional.all_gather does the same but is deprecated with a
+    FutureWarning on every call since torch 2.13; all_gather and all_reduce are stable.)
+    """
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()  # all_reduce is in place; autograd's buffer is not ours
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[dist.get_rank(ctx.group)], None
+
+
+class _GlobalValue(torch.autograd.Function):
+    """Value: the global loss (same on every rank). Gradient: scale * that of the local part."""
+
+    @staticmethod
+    def forward(ctx, local, global_value, scale):
+        ctx.scale = scale
+        return global_value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None, None
+
+
+def _gather_sizes(x, group):
+    """[(K_r, d_r)] of every rank, checking that all ranks agree on d."""
+    world = dist.get_world_size(group)
+    local = torch.tensor(x.shape, dtype=torch.int64, device=x.device)
+    shapes = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(shapes, local, group=group)
+    shapes = [tuple(s.tolist()) for s in shapes]
+    if len({d for _, d in shapes}) != 1:
+        raise ValueError(
+            f"x_l: every rank must have the same feature size d, got (K, d) per rank {shapes}")
+    return [k for k, _ in shapes]
+
+
+def _gather_batch(x, labels, sizes, group):
+    """Global modality-major rows (n_mod * K_global, d) and labels (K_global,), in rank order.
+
+    x is (n_mod, K_r, d); ranks' batches are padded to max K for the collective and trimmed.
+    """
+    k_max = max(sizes)
+    pad = k_max - x.shape[1]
+    rows = _GatherRows.apply(F.pad(x, (0, 0, 0, pad)), group)  # (W, n_mod, k_max, d)
+    rows = torch.cat([rows[r, :, :k] for r, k in enumerate(sizes)], dim=1)
+    padded = F.pad(labels.to(torch.int64), (0, pad))
+    all_labels = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(all_labels, padded, group=group)
+    all_labels = torch.cat([lab[:k] for lab, k in zip(all_labels, sizes)])
+    return rows.reshape(-1, x.shape[-1]), all_labels
+
+
+def hycon_loss_distributed(x_l, x_a, x_v, labels, *, group=None, scale_for_ddp=True,
+                           alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
+                           pair_selection=False, select_positives=True, select_negatives=True,
+                           refinement=True, backend="auto"):
+    """hycon_loss over the global batch of all ranks of ``group`` (default: the world).
+
+    Every rank of the group must call it with its own local batch (K_r, d) (K_r may differ
+    between ranks, d may not) and the same keywords. Returns HyConOutput whose values are the
+    single-process hycon_loss of the global batch; h = max(1, floor(beta * K_global)).
+    Gradients: see the module docstring (scale_for_ddp=True suits DistributedDataParallel).
+    Outside an initialised process group it is hycon_loss.
+    """
+    _check_inputs(x_l, x_a, x_v, labels)
+    _check_lambdas(lambdas)
+    options = dict(alpha=alpha, beta=beta, gamma=gamma, pair_selection=pair_selection,
+                   select_positives=select_positives, select_negatives=select_negatives,
+                   refinement=refinement, backend=backend)
+    labels = labels.to(x_l.device)
+    if not (dist.is_available() and dist.is_initialized()):
+        return hycon_loss(x_l, x_a, x_v, labels, lambdas=lambdas, **options)
+    local_rows = torch.stack((x_l, x_a, x_v))
+
+    sizes = _gather_sizes(x_l, group)
+    rank = dist.get_rank(group)
+    cand_rows, cand_labels = _gather_batch(local_rows, labels, sizes, group)
+    k_global = sum(sizes)
+    z_anchor = torch.softmax(local_rows.reshape(-1, x_l.shape[1]), dim=-1)
+    z_cand = torch.softmax(cand_rows, dim=-1)
+    a_ids = row_descriptors(labels, _N_MODALITIES, sample_offset=sum(sizes[:rank]))
+    c_ids = row_descriptors(cand_labels, _N_MODALITIES)
+    local = hycon_terms(z_anchor, z_cand, a_ids, c_ids, n_samples=k_global, **options)
+
+    # One collective for sums and counts; float64 so counts stay exact in any input dtype.
+    totals = torch.cat((local.sums.detach(), local.counts)).to(torch.float64)
+    dist.all_reduce(totals, group=group)
+    g_sums, g_counts = totals.to(local.sums.dtype).chunk(2)
+    local_part = terms_to_output(HyConTerms(local.sums, g_counts), lambdas)
+    global_value = terms_to_output(HyConTerms(g_sums, g_counts), lambdas)
+    scale = float(dist.get_world_size(group)) if scale_for_ddp else 1.0
+    return HyConOutput(*(_GlobalValue.apply(part, value, scale)
+                         for part, value in zip(local_part, global_value)))

@@ -1,0 +1,235 @@
+"""The public HyCon loss: validation, backend choice, and stats -> loss terms.
+
+Semantics and equations: docs/losses.md. Both backends produce the same per-anchor stats
+(docs/design.md); `combine_stats` turns them into the three terms for either backend.
+"""
+
+import numbers
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import reference
+from .pairs import INTER, INTRA, SAME_SAMPLE, row_descriptors, selection_size
+
+try:
+    from . import ops as _ops
+except ImportError:  # extension package not built (or ops.py absent): reference only
+    _ops = None
+
+BACKENDS = ("auto", "ext", "reference")
+# One op call scores all three modes; combine_stats relies on this order.
+_MODES = [INTRA, INTER, SAME_SAMPLE]
+_N_MODALITIES = 3
+
+_warned_fallback = False
+
+
+class HyConOutput(NamedTuple):
+    """0-dim loss tensors: total = lambda1 * iamcl + lambda2 * iemcl + lambda3 * scl."""
+
+    total: torch.Tensor
+    scl: torch.Tensor
+    iamcl: torch.Tensor
+    iemcl: torch.Tensor
+
+
+class HyConTerms(NamedTuple):
+    """Un-normalised terms, ordered (iamcl, iemcl, scl) like lambdas; term k = sums[k] / counts[k].
+
+    counts[:2] are the anchors with at least one positive, counts[2] the anchors with
+    same-sample pairs (all of them).
+    Distributed callers all-reduce counts and divide their local sums by the global counts.
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+
+
+def _check_options(alpha, beta, gamma, backend):
+    if not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha: expected a number, got {type(alpha).__name__}")
+    if not isinstance(beta, numbers.Real) or not 0 < beta <= 1:
+        raise ValueError(f"beta: expected a number in (0, 1], got {beta!r}")
+    if not isinstance(gamma, numbers.Real) or not gamma > 0:
+        raise ValueError(f"gamma: expected a number > 0, got {gamma!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+
+def _check_lambdas(lambdas):
+    if (isinstance(lambdas, (str, bytes)) or not hasattr(lambdas, "__len__")
+            or len(lambdas) != 3 or not all(isinstance(v, numbers.Real) for v in lambdas)):
+        raise ValueError(
+            "lambdas: expected three numbers (lambda1 for IAMCL, lambda2 for IEMCL, "
+            f"lambda3 for SCL), got {lambdas!r}")
+
+
+def _check_inputs(x_l, x_a, x_v, labels):
+    named = (("x_l", x_l), ("x_a", x_a), ("x_v", x_v))
+    for name, x in named:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D tensor (K, d), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+    for name, x in named[1:]:
+        if x.shape != x_l.shape:
+            raise ValueError(
+                f"{name}: expected the shape of x_l {tuple(x_l.shape)}, got {tuple(x.shape)}")
+        if x.dtype != x_l.dtype:
+            raise TypeError(f"{name}: expected the dtype of x_l ({x_l.dtype}), got {x.dtype}")
+        if x.device != x_l.device:
+            raise ValueError(
+                f"{name}: expected the device of x_l ({x_l.device}), got {x.device}")
+    k, d = x_l.shape
+    if k < 1 or d < 1:
+        raise ValueError(f"x_l: expected at least one sample and one feature, got shape {(k, d)}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(
+            f"labels: expected a torch.Tensor of class ids, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels: expected integer class ids, got dtype {labels.dtype}")
+    if labels.shape != (k,):
+        raise ValueError(f"labels: expected shape (K,) = ({k},), got {tuple(labels.shape)}")
+
+
+@torch.compiler.assume_constant_result  # torch.compile evaluates it once, at trace time
+def _ext_available(device):
+    return _ops is not None and _ops.is_available(device)
+
+
+def _resolve_backend(backend, device):
+    """The module (hycon_ext.ops or hycon_ext.reference) whose ops compute the stats."""
+    global _warned_fallback
+    if backend == "reference":
+        return reference
+    available = _ext_available(str(device))
+    if backend == "ext":
+        if not available:
+            raise RuntimeError(
+                f"backend='ext': the hycon_ext kernels are not built for device {device}; "
+                "build them with `pip install -e . --no-build-isolation`, "
+                "or pass backend='reference'")
+        return _ops
+    if available:
+        return _ops
+    if not _warned_fallback and not torch.compiler.is_compiling():  # Dynamo cannot trace warn
+        _warned_fallback = True
+        warnings.warn(
+            f"hycon_ext: kernels not available for device {device}; backend='auto' falls back "
+            "to the pure-PyTorch reference (slower). Pass backend='reference' to silence this.",
+            RuntimeWarning, stacklevel=3)
+    return reference
+
+
+def combine_stats(stats, refinement=True):
+    """HyConTerms from per-anchor stats (N, 3, 4) in mode order INTRA, INTER, SAME_SAMPLE.
+
+    Per anchor and mode: c_ratio * ratio + refine_sum * (c_mean / pos_count + c_sum), with
+    (c_ratio, c_mean, c_sum) = (-1, 1, 0) for IAMCL and IEMCL (c_mean = 0 without refinement)
+    and (0, 0, 1/2) for SCL: one expression over all modes keeps the op count small, which
+    is most of the ext backend's time at small K.
+    """
+    pos_sum, neg_sum, pos_count, refine_sum = stats.unbind(-1)  # each (N, 3)
+    pos_count = pos_count.detach()  # a count: no gradient (design.md)
+    mean = 1.0 if refinement else 0.0
+    c_ratio, c_mean, c_sum = stats.new_tensor(
+        ((-1.0, -1.0, 0.0), (mean, mean, 0.0), (0.0, 0.0, 0.5))).unbind()
+    # Anchors without a positive have pos_sum = refine_sum = 0, so they add exactly 0; the
+    # (pos_sum == 0) keeps their ratio 0 instead of 0/0 (also when similarities underflow).
+    ratio = pos_sum / (pos_sum + neg_sum + (pos_sum == 0))
+    per_anchor = torch.addcmul(ratio * c_ratio, refine_sum, c_mean / pos_count.clamp_min(1) + c_sum)
+    counts = torch.count_nonzero(pos_count, dim=0).to(stats.dtype)
+    return HyConTerms(per_anchor.sum(0), counts)
+
+
+def terms_to_output(terms, lambdas=(1.0, 1.0, 1.0)):
+    """HyConOutput from (possibly all-reduced) terms; a term with count 0 is 0."""
+    _check_lambdas(lambdas)
+    means = terms.sums / terms.counts.clamp_min(1)
+    iamcl, iemcl, scl = means.unbind()
+    return HyConOutput((means * means.new_tensor(lambdas)).sum(), scl, iamcl, iemcl)
+
+
+def _terms(ops, z_anchor, z_cand, a_ids, c_ids, n_samples, alpha, beta, gamma,
+           pair_selection, select_positives, select_negatives, refinement):
+    targets = [1.0, float(alpha), float(alpha)]
+    if pair_selection:
+        h = selection_size(beta, n_samples)
+        stats = ops.hard_pair_sums(z_anchor, z_cand, a_ids, c_ids, _MODES, targets, h,
+                                   float(gamma), bool(select_positives), bool(select_negatives))
+    else:
+        stats = ops.pair_sums(z_anchor, z_cand, a_ids, c_ids, _MODES, targets)
+    return combine_stats(stats, refinement)
+
+
+def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.2, gamma=1.0,
+                pair_selection=False, select_positives=True, select_negatives=True,
+                refinement=True, backend="auto"):
+    """Un-normalised HyCon terms of some anchor rows against a candidate set (for DDP).
+
+    z_anchor (N, d), z_cand (M, d): softmax-normalised rows; a_ids, c_ids: their descriptors
+    (pairs.row_descriptors with global sample ids, so an anchor's own row among the candidates
+    is recognised); n_samples: the global batch size K, which sets h = max(1, floor(beta * K)).
+    Returns HyConTerms(sums, counts), each (3,) ordered (iamcl, iemcl, scl);
+    terms_to_output(HyConTerms(all_reduced_sums, all_reduced_counts), lambdas) gives the loss.
+    """
+    _check_options(alpha, beta, gamma, backend)
+    for name, z in (("z_anchor", z_anchor), ("z_cand", z_cand)):
+        if not isinstance(z, torch.Tensor) or z.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D tensor of softmax-normalised rows")
+    if z_cand.shape[1] != z_anchor.shape[1]:
+        raise ValueError(
+            f"z_cand: expected {z_anchor.shape[1]} features like z_anchor, got {z_cand.shape[1]}")
+    for name, ids, z in (("a_ids", a_ids, z_anchor), ("c_ids", c_ids, z_cand)):
+        if ids.shape != (z.shape[0], 3):
+            raise ValueError(f"{name}: expected shape ({z.shape[0]}, 3), got {tuple(ids.shape)}")
+    if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+        raise ValueError(f"n_samples: expected a positive integer, got {n_samples!r}")
+    ops = _resolve_backend(backend, z_anchor.device)
+    return _terms(ops, z_anchor, z_cand, a_ids, c_ids, n_samples, alpha, beta, gamma,
+                  pair_selection, select_positives, select_negatives, refinement)
+
+
+def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
+               lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
+               select_negatives=True, refinement=True, backend="auto"):
+    """Hybrid contrastive loss (paper eq. 16) of three (K, d) modality batches.
+
+    Returns HyConOutput(total, scl, iamcl, iemcl), 0-dim tensors differentiable w.r.t. the
+    inputs. backend: "ext" (the compiled kernels), "reference" (pure PyTorch) or "auto"
+    (ext when built for the inputs' device, else reference with a one-time warning).
+    """
+    _check_inputs(x_l, x_a, x_v, labels)
+    _check_options(alpha, beta, gamma, backend)
+    ops = _resolve_backend(backend, x_l.device)
+    z = torch.softmax(torch.cat((x_l, x_a, x_v)), dim=-1)
+    ids = row_descriptors(labels.to(x_l.device), _N_MODALITIES)
+    terms = _terms(ops, z, z, ids, ids, x_l.shape[0], alpha, beta, gamma, pair_selection,
+                   select_positives, select_negatives, refinement)
+    return terms_to_output(terms, lambdas)
+
+
+class HyConLoss(nn.Module):
+    """nn.Module form of hycon_loss; the keywords are fixed at construction."""
+
+    def __init__(self, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
+                 pair_selection=False, select_positives=True, select_negatives=True,
+                 refinement=True, backend="auto"):
+        super().__init__()
+        _check_options(alpha, beta, gamma, backend)
+        _check_lambdas(lambdas)
+        self.options = dict(
+            alpha=alpha, beta=beta, gamma=gamma, lambdas=tuple(lambdas),
+            pair_selection=pair_selection, select_positives=select_positives,
+            select_negatives=select_negatives, refinement=refinement, backend=backend)
+
+    def forward(self, x_l, x_a, x_v, labels):
+        return hycon_loss(x_l, x_a, x_v, labels, **self.options)
+
+    def extra_repr(self):
+        return ", ".join(f"{key}={value!r}" for key, value in self.options.items())

@@ -1,0 +1,102 @@
+"""Python wrappers of the compiled ops (torch.ops.hycon_ext.*) and their fake kernels.
+
+Importing this module loads hycon_ext._C, whose C++ static initialisers register the op
+schemas, the CPU/CUDA kernels and the autograd (C++, at the Autograd key). The fake kernels
+below give torch.compile / FakeTensor the output shapes. Semantics: docs/design.md.
+"""
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.hycon_ext.*)
+
+    _LOAD_ERROR = None
+except ImportError as error:  # not built, or built against another torch
+    _LOAD_ERROR = error
+
+_STAT_COLS = 4
+_STATE_COLS = 7
+_OP_NAMES = ("similarity", "pair_sums", "hard_pair_sums")
+_DISPATCH_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}
+
+
+def is_available(device="cpu"):
+    """True if hycon_ext._C loaded and has kernels for `device` (a torch.device or str)."""
+    if _LOAD_ERROR is not None:
+        return False
+    device = torch.device(device)
+    key = _DISPATCH_KEYS.get(device.type)
+    if key is None or (device.type == "cuda" and not torch.cuda.is_available()):
+        return False
+    return all(getattr(torch.ops.hycon_ext, name).default.has_kernel_for_dispatch_key(key)
+               for name in _OP_NAMES)
+
+
+def _require_built():
+    if _LOAD_ERROR is not None:
+        raise RuntimeError(
+            "hycon_ext._C is not available (build it with "
+            f"`pip install -e . --no-build-isolation`): {_LOAD_ERROR}")
+
+
+def similarity(x, y):
+    """softmax(x) softmax(y)^T over the feature dimension: (N, d), (M, d) -> (N, M)."""
+    _require_built()
+    return torch.ops.hycon_ext.similarity(x, y)
+
+
+def pair_sums(za, zc, a_ids, c_ids, modes, targets):
+    """Per-anchor stats (N, len(modes), 4) = [pos_sum, neg_sum, pos_count, refine_sum]."""
+    _require_built()
+    return torch.ops.hycon_ext.pair_sums(za, zc, a_ids, c_ids, list(modes),
+                                         [float(t) for t in targets])
+
+
+def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg):
+    """pair_sums with HyCon-v2 top-h pair selection; returns the stats only."""
+    _require_built()
+    stats, _state = torch.ops.hycon_ext.hard_pair_sums(
+        za, zc, a_ids, c_ids, list(modes), [float(t) for t in targets], int(h), float(gamma),
+        bool(select_pos), bool(select_neg))
+    return stats
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register_fakes():
+    lib = "hycon_ext::"
+
+    @torch.library.register_fake(lib + "similarity")
+    def _(x, y):
+        return x.new_empty((x.shape[0], y.shape[0]))
+
+    @torch.library.register_fake(lib + "similarity_backward")
+    def _(grad, x, y):
+        return torch.empty_like(x), torch.empty_like(y)
+
+    @torch.library.register_fake(lib + "pair_sums")
+    def _(za, zc, a_ids, c_ids, modes, targets):
+        return za.new_empty((za.shape[0], len(modes), _STAT_COLS),
+                            dtype=_compute_dtype(za.dtype))
+
+    @torch.library.register_fake(lib + "pair_sums_backward")
+    def _(grad_stats, za, zc, a_ids, c_ids, modes, targets):
+        return torch.empty_like(za), torch.empty_like(zc)
+
+    @torch.library.register_fake(lib + "hard_pair_sums")
+    def _(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg):
+        dtype = _compute_dtype(za.dtype)
+        stats = za.new_empty((za.shape[0], len(modes), _STAT_COLS), dtype=dtype)
+        state = za.new_empty((za.shape[0], len(modes), _STATE_COLS), dtype=dtype)
+        return stats, state
+
+    @torch.library.register_fake(lib + "hard_pair_sums_backward")
+    def _(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
+          state):
+        return torch.empty_like(za), torch.empty_like(zc)
+
+
+if _LOAD_ERROR is None:
+    _register_fakes()

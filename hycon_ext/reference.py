@@ -1,0 +1,160 @@
+"""Pure-PyTorch twins of the extension's ops and the eager reference loss.
+
+Dense (N, M) masks built from the row descriptors, vectorised over rows and modes: this is
+the baseline the benchmarks compare the kernels against and the twin the op tests use.
+Semantics: docs/design.md ("Pair modes", "Per-anchor statistics") and docs/losses.md.
+"""
+
+import torch
+
+from .pairs import INTER, INTRA, SAME_SAMPLE
+
+_MODES = (INTRA, INTER, SAME_SAMPLE)
+
+
+def similarity(x, y):
+    """softmax(x) softmax(y)^T over the feature dimension: (N, d), (M, d) -> (N, M)."""
+    return torch.softmax(x, dim=-1) @ torch.softmax(y, dim=-1).T
+
+
+def _pair_masks(a_ids, c_ids, modes):
+    """Positive and negative masks, each (len(modes), N, M) bool."""
+    same_class = a_ids[:, None, 0] == c_ids[None, :, 0]
+    same_modality = a_ids[:, None, 1] == c_ids[None, :, 1]
+    same_sample = a_ids[:, None, 2] == c_ids[None, :, 2]
+    positives, negatives = [], []
+    for mode in modes:
+        if mode == INTRA:
+            candidates = same_modality & ~same_sample
+            positives.append(candidates & same_class)
+            negatives.append(candidates & ~same_class)
+        elif mode == INTER:
+            positives.append(~same_modality & same_class & ~same_sample)
+            negatives.append(~same_modality & ~same_class)
+        elif mode == SAME_SAMPLE:
+            positives.append(same_sample & ~same_modality)
+            negatives.append(torch.zeros_like(same_sample))
+        else:
+            raise ValueError(f"modes: unknown pair mode {mode!r}, expected one of {_MODES}")
+    return torch.stack(positives), torch.stack(negatives)
+
+
+def _check_modes(modes, targets):
+    if len(modes) != len(targets):
+        raise ValueError(
+            f"targets: expected one target per mode ({len(modes)}), got {len(targets)}")
+
+
+def _plain_sums(s, positives, negatives, target):
+    """[pos_sum, neg_sum, pos_count, refine_sum] over all pairs, each (n_modes, N)."""
+    pos_sum = torch.where(positives, s, 0).sum(-1)
+    neg_sum = torch.where(negatives, s, 0).sum(-1)
+    pos_count = positives.sum(-1).to(s.dtype)
+    refine_sum = torch.where(positives, (s - target) ** 2, 0).sum(-1)
+    return pos_sum, neg_sum, pos_count, refine_sum
+
+
+def _poison(pos_sum, neg_sum):
+    """0, or NaN where a row's pairs (all of them, kept or not) include a NaN similarity."""
+    return (pos_sum + neg_sum).detach() * 0
+
+
+def _stack_stats(pos_sum, neg_sum, pos_count, refine_sum, poison):
+    """(N, n_modes, 4) from per-column (n_modes, N) tensors.
+
+    A NaN similarity among a row's pairs makes all three sums of that row NaN (not only the
+    sum it falls in); pos_count stays a count so the loss still sees the anchor.
+    """
+    stats = torch.stack(
+        (pos_sum + poison, neg_sum + poison, pos_count, refine_sum + poison), dim=-1)
+    return stats.transpose(0, 1)
+
+
+def pair_sums(za, zc, a_ids, c_ids, modes, targets):
+    """Per-anchor stats (N, len(modes), 4) = [pos_sum, neg_sum, pos_count, refine_sum].
+
+    za (N, d), zc (M, d): softmax-normalised rows; a_ids (N, 3), c_ids (M, 3): descriptors;
+    targets[k]: refinement target of modes[k].
+    """
+    _check_modes(modes, targets)
+    s = za @ zc.T
+    positives, negatives = _pair_masks(a_ids, c_ids, modes)
+    target = torch.tensor(targets, dtype=s.dtype, device=s.device)[:, None, None]
+    pos_sum, neg_sum, pos_count, refine_sum = _plain_sums(s, positives, negatives, target)
+    return _stack_stats(pos_sum, neg_sum, pos_count, refine_sum, _poison(pos_sum, neg_sum))
+
+
+def _keep_hardest(s, mask, h, largest):
+    """The h hardest pairs of `mask` per row, ties to the lower candidate index.
+
+    Returns their similarities and whether each slot holds a pair, both (B, N, min(h, M)).
+    """
+    fill = float("-inf") if largest else float("inf")
+    # NaN keys would make the order undefined; rows with NaN are poisoned afterwards anyway.
+    key = torch.where(mask, s.detach().nan_to_num(0.0), fill)
+    order = torch.sort(key, dim=-1, descending=largest, stable=True).indices[..., :h]
+    kept = mask.gather(-1, order)
+    values = s.expand_as(mask).gather(-1, order)
+    return values, kept
+
+
+def _masked_softmax(logits, kept):
+    """softmax over the kept slots of each row; 0 in the others (all 0 if none is kept)."""
+    any_kept = kept.any(-1, keepdim=True)
+    shift = torch.where(kept, logits, float("-inf")).amax(-1, keepdim=True).detach()
+    shift = torch.where(any_kept, shift, 0.0)
+    # Unkept slots get exp(0) before masking so no inf can reach the backward.
+    e = torch.where(kept, torch.exp(torch.where(kept, logits, shift) - shift), 0.0)
+    return e / torch.where(any_kept, e.sum(-1, keepdim=True), 1.0)
+
+
+def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg):
+    """pair_sums with HyCon-v2 pair selection (eqs. 13-15) on INTRA and INTER modes.
+
+    Kept positives: the h with the smallest similarity, weighted by the detached
+    softmax(1 / (s + gamma)); kept negatives: the h largest, weighted by softmax(s).
+    select_pos / select_neg = False keeps that side whole and unweighted.
+    """
+    _check_modes(modes, targets)
+    if h < 1:
+        raise ValueError(f"h: expected at least 1 pair kept per side, got {h}")
+    s = za @ zc.T
+    positives, negatives = _pair_masks(a_ids, c_ids, modes)
+    target = torch.tensor(targets, dtype=s.dtype, device=s.device)[:, None, None]
+    pos_sum, neg_sum, pos_count, refine_sum = _plain_sums(s, positives, negatives, target)
+    poison = _poison(pos_sum, neg_sum)
+
+    selectable = [k for k, mode in enumerate(modes) if mode != SAME_SAMPLE]
+    if selectable:
+        rows = torch.tensor(selectable, device=s.device)
+        if select_pos:
+            values, kept = _keep_hardest(s, positives[rows], h, largest=False)
+            weights = _masked_softmax(1.0 / (values.detach() + gamma), kept)
+            pos_sum = pos_sum.index_copy(0, rows, (values * weights).sum(-1))
+            pos_count = pos_count.index_copy(0, rows, kept.sum(-1).to(s.dtype))
+            refine = torch.where(kept, (values - target[rows]) ** 2, 0).sum(-1)
+            refine_sum = refine_sum.index_copy(0, rows, refine)
+        if select_neg:
+            values, kept = _keep_hardest(s, negatives[rows], h, largest=True)
+            weights = _masked_softmax(values, kept)
+            neg_sum = neg_sum.index_copy(0, rows, (values * weights).sum(-1))
+
+    return _stack_stats(pos_sum, neg_sum, pos_count, refine_sum, poison)
+
+
+def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
+               lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
+               select_negatives=True, refinement=True, backend="reference"):
+    """The HyCon loss in eager PyTorch: hycon_ext.hycon_loss(..., backend="reference").
+
+    Same signature as hycon_ext.hycon_loss; backend can only be "reference".
+    """
+    from .loss import hycon_loss as _hycon_loss  # loss.py imports this module
+
+    if backend != "reference":
+        raise ValueError(
+            f"backend: hycon_ext.reference.hycon_loss only computes 'reference', got {backend!r}")
+    return _hycon_loss(
+        x_l, x_a, x_v, labels, alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas,
+        pair_selection=pair_selection, select_positives=select_positives,
+        select_negatives=select_negatives, refinement=refinement, backend="reference")

@@ -1,0 +1,87 @@
+"""Builds hycon_ext._C (the custom ops). Install with
+
+    pip install -e . --no-build-isolation
+
+(an isolated build would fetch and build against another torch than the installed one).
+CppExtension by default; CUDAExtension when torch has CUDA and nvcc is found, or when
+HYCON_FORCE_CUDA=1 (a GPU-less build host). TORCH_CUDA_ARCH_LIST overrides the default
+sm_80 / sm_90 targets.
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")  # nvcc-only toolkit here; fixes -lcudart
+
+import torch  # noqa: E402  (after CUDA_HOME: cpp_extension reads it at import)
+from torch.utils.cpp_extension import (  # noqa: E402
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
+
+
+def _sources(pattern):
+    # Relative paths: setuptools rejects absolute source paths.
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _use_cuda():
+    if os.environ.get("HYCON_FORCE_CUDA", "0") == "1":
+        return True
+    nvcc = os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+    return torch.version.cuda is not None and (os.path.exists(nvcc) or shutil.which("nvcc"))
+
+
+def _nvidia_wheel_includes():
+    # CUDA torch wheels ship the CUDA headers (cuda_runtime.h, ...) under nvidia/cu1*/include.
+    found = []
+    for site in sys.path:
+        found += glob.glob(os.path.join(site, "nvidia", "cu1*", "include"))
+    return sorted(set(found))
+
+
+def _gencode_flags():
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return []  # cpp_extension turns TORCH_CUDA_ARCH_LIST into -gencode flags itself
+    # Explicit -gencode flags also stop cpp_extension from probing a (maybe absent) GPU.
+    return ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+
+
+def _extension():
+    sources = (
+        _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/autograd/*.cpp")
+    )
+    # -fopenmp: at::parallel_for is inlined into our code and runs serially without it.
+    cxx = ["-O3", "-fopenmp"]
+    if _use_cuda():
+        return CUDAExtension(
+            "hycon_ext._C",
+            sources + _sources("csrc/cuda/*.cu"),
+            include_dirs=[os.path.join(ROOT, "csrc")] + _nvidia_wheel_includes(),
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"] + _gencode_flags()},
+            extra_link_args=["-fopenmp"],
+        )
+    return CppExtension(
+        "hycon_ext._C",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    name="hycon-ext",
+    version="0.1.0",
+    description="Fast HyCon contrastive losses (C++/CUDA custom ops for PyTorch)",
+    packages=find_packages(include=["hycon_ext", "hycon_ext.*"]),
+    python_requires=">=3.9",
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)

@@ -1,0 +1,282 @@
+"""The CUDA kernels against the CPU kernels (which test_ops.py checks against the float64
+reference), float16/bfloat16 accuracy against the pure-PyTorch reference, opcheck on CUDA and
+the loss on CUDA. Skipped where no CUDA device exists; fails when one exists but the kernels
+are not built for it.
+
+Run: /work/venv/bin/python -m pytest tests/test_cuda.py
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from hycon_ext import hycon_loss, reference
+from hycon_ext.pairs import INTER, INTRA, SAME_SAMPLE, row_descriptors
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+
+ALL_MODES = [INTRA, INTER, SAME_SAMPLE]
+TARGETS = [1.0, 0.8, 0.8]
+SELECTIONS = list(itertools.product([False, True], repeat=2))  # (select_pos, select_neg)
+# float32: the CPU and CUDA paths sum in different orders (and the CPU sums in double).
+TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-5)}
+
+
+@pytest.fixture(scope="module")
+def ops():
+    from hycon_ext import ops
+
+    if not ops.is_available("cuda"):
+        pytest.fail("a CUDA device is present but hycon_ext has no CUDA kernels; build with "
+                    "`pip install -e . --no-build-isolation` where nvcc and a CUDA torch exist")
+    return ops
+
+
+def make_problem(k, n_modalities=3, d=8, n_classes=3, seed=0, dtype=torch.float64,
+                 quantized=False, anchors="all"):
+    """CPU inputs: softmax-normalised candidate rows, a subset of them as anchors.
+
+    quantized: rows of quarters (d = 4 bins holding 0..4 quarters), so every similarity is a
+    multiple of 1/16, exact on any device in any order: CPU and CUDA see bitwise-equal
+    similarities with many exact ties, and must select the very same pairs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, n_classes, (k,), generator=gen)
+    c_ids = row_descriptors(labels, n_modalities)
+    m = n_modalities * k
+    if quantized:
+        bins = torch.randint(0, d, (m, 4), generator=gen)
+        zc = torch.zeros(m, d, dtype=torch.float64).scatter_add_(
+            1, bins, torch.full((m, 4), 0.25, dtype=torch.float64))
+    else:
+        zc = torch.softmax(2 * torch.randn(m, d, generator=gen, dtype=torch.float64), -1)
+    rows = torch.arange(m) if anchors == "all" else torch.randperm(m, generator=gen)[: m // 2]
+    return zc[rows].to(dtype), zc.to(dtype), c_ids[rows].clone(), c_ids
+
+
+def on(device, *tensors, grad=False):
+    return [t.detach().to(device).requires_grad_(grad and t.is_floating_point())
+            for t in tensors]
+
+
+def values_and_grads(fn, za, zc, device, seed=1):
+    """fn(za, zc) on `device` and the gradients of a fixed random weighting of its output."""
+    za_d, zc_d = on(device, za, zc, grad=True)
+    out = fn(za_d, zc_d)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                          dtype=torch.float64)
+    # A NaN in the output must not leak into unrelated gradients through weight * NaN.
+    (torch.where(out.isnan(), 0, out) * weights.to(device, out.dtype)).sum().backward()
+    return out.detach().cpu(), za_d.grad.cpu(), zc_d.grad.cpu()
+
+
+def assert_cuda_matches_cpu(fn, za, zc, **tol):
+    for cuda_t, cpu_t in zip(values_and_grads(fn, za, zc, "cuda"),
+                             values_and_grads(fn, za, zc, "cpu")):
+        assert cuda_t.dtype == cpu_t.dtype
+        torch.testing.assert_close(cuda_t, cpu_t, equal_nan=True, **tol)
+
+
+def pair_sums_fn(ops, a_ids, c_ids, modes=ALL_MODES, targets=TARGETS):
+    def fn(za, zc):
+        a, c = on(za.device, a_ids, c_ids)
+        return ops.pair_sums(za, zc, a, c, modes, targets)
+    return fn
+
+
+def hard_fn(ops, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=ALL_MODES,
+            targets=TARGETS):
+    def fn(za, zc):
+        a, c = on(za.device, a_ids, c_ids)
+        return ops.hard_pair_sums(za, zc, a, c, modes, targets, h, gamma, select_pos, select_neg)
+    return fn
+
+
+def hard_with_state(za, zc, a_ids, c_ids, device, h, select_pos, select_neg, modes=ALL_MODES,
+                    targets=TARGETS, gamma=1.0):
+    args = on(device, za, zc, a_ids, c_ids)
+    stats, state = torch.ops.hycon_ext.hard_pair_sums(*args, modes, targets, h, gamma,
+                                                      select_pos, select_neg)
+    return stats.cpu(), state.cpu()
+
+
+# ---------------------------------------------------------------- CUDA against CPU
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_similarity_matches_cpu(ops, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 11, generator=gen, dtype=dtype)
+    y = torch.randn(300, 11, generator=gen, dtype=dtype)
+    assert_cuda_matches_cpu(ops.similarity, x, y, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k,n_modalities,n_classes,anchors,seed", [
+    (1, 3, 1, "all", 0),
+    (9, 3, 1, "all", 1),      # all labels equal
+    (40, 3, 3, "half", 2),    # rectangular: half the rows as anchors
+    (150, 2, 40, "all", 3),   # M = 300 > one block's stride
+    (90, 4, 5, "half", 4),
+])
+def test_pair_sums_matches_cpu(ops, dtype, k, n_modalities, n_classes, anchors, seed):
+    za, zc, a_ids, c_ids = make_problem(k, n_modalities, n_classes=n_classes, seed=seed,
+                                        dtype=dtype, anchors=anchors)
+    assert_cuda_matches_cpu(pair_sums_fn(ops, a_ids, c_ids), za, zc, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
+@pytest.mark.parametrize("k,n_classes,h,anchors,seed", [
+    (1, 1, 1, "all", 0),
+    (12, 3, 2, "half", 1),
+    (12, 3, 50, "all", 2),     # h larger than every set: all pairs kept
+    (200, 4, 37, "all", 3),    # M = 600: sets span several block strides
+    (120, 2, 1, "half", 4),
+])
+def test_hard_pair_sums_matches_cpu(ops, dtype, select_pos, select_neg, k, n_classes, h,
+                                    anchors, seed):
+    za, zc, a_ids, c_ids = make_problem(k, n_classes=n_classes, seed=seed, dtype=dtype,
+                                        anchors=anchors)
+    fn = hard_fn(ops, a_ids, c_ids, h, select_pos, select_neg, gamma=0.7)
+    assert_cuda_matches_cpu(fn, za, zc, **TOLERANCES[dtype])
+    # Same selected pairs: the threshold indices agree exactly (random data has no near-ties).
+    _, state_cuda = hard_with_state(za, zc, a_ids, c_ids, "cuda", h, select_pos, select_neg)
+    _, state_cpu = hard_with_state(za, zc, a_ids, c_ids, "cpu", h, select_pos, select_neg)
+    torch.testing.assert_close(state_cuda[..., [1, 3]], state_cpu[..., [1, 3]], atol=0, rtol=0)
+    torch.testing.assert_close(state_cuda, state_cpu, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("h", [1, 3, 17])
+def test_hard_pair_sums_ties_select_the_lower_index_like_cpu(ops, dtype, h):
+    # Similarities are multiples of 1/16: massive exact ties, bitwise equal on both devices.
+    za, zc, a_ids, c_ids = make_problem(300, n_classes=3, d=5, seed=h, dtype=dtype,
+                                        quantized=True)
+    stats_cuda, state_cuda = hard_with_state(za, zc, a_ids, c_ids, "cuda", h, True, True)
+    stats_cpu, state_cpu = hard_with_state(za, zc, a_ids, c_ids, "cpu", h, True, True)
+    torch.testing.assert_close(state_cuda[..., :4], state_cpu[..., :4], atol=0, rtol=0)
+    thresholds = state_cpu[..., [0, 2]]
+    finite = thresholds[thresholds.isfinite()]
+    assert finite.numel() > 0 and ((finite * 16) == (finite * 16).round()).all()
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(state_cuda, state_cpu, **tol)
+    torch.testing.assert_close(stats_cuda, stats_cpu, **tol)
+    fn = hard_fn(ops, a_ids, c_ids, h, True, True)
+    assert_cuda_matches_cpu(fn, za, zc, **tol)
+
+
+def test_many_modes_and_several_chunks_match_cpu(ops):
+    # 6 modes: two kernel launches per chunk; N * M = 6600^2 > 2^25: several row chunks.
+    za, zc, a_ids, c_ids = make_problem(2200, d=6, n_classes=7, seed=5, dtype=torch.float32)
+    modes, targets = [INTRA, INTER, SAME_SAMPLE, INTER, INTRA, SAME_SAMPLE], [1.0, 0.8, 0.7] * 2
+    tol = dict(atol=1e-4, rtol=1e-4)  # sums over thousands of pairs in float32
+    assert_cuda_matches_cpu(pair_sums_fn(ops, a_ids, c_ids, modes, targets), za, zc, **tol)
+    fn = hard_fn(ops, a_ids, c_ids, 440, True, True, modes=modes, targets=targets)
+    assert_cuda_matches_cpu(fn, za, zc, **tol)
+
+
+@pytest.mark.parametrize("n,m", [(0, 6), (6, 0), (0, 0)])
+def test_empty_inputs_match_cpu(ops, n, m):
+    za, zc = torch.full((n, 4), 0.25), torch.full((m, 4), 0.25)
+    a_ids = torch.zeros(n, 3, dtype=torch.int64)
+    c_ids = torch.zeros(m, 3, dtype=torch.int64)
+    assert_cuda_matches_cpu(pair_sums_fn(ops, a_ids, c_ids), za, zc)
+    assert_cuda_matches_cpu(hard_fn(ops, a_ids, c_ids, 2, True, True), za, zc)
+
+
+@pytest.mark.parametrize("selected", [False, True])
+def test_nan_rows_match_cpu(ops, selected):
+    za, zc, a_ids, c_ids = make_problem(20, seed=6)
+    zc = zc.clone()
+    zc[3, 2] = float("nan")  # every anchor pairing with candidate 3 gets NaN sums
+    fn = (hard_fn(ops, a_ids, c_ids, 4, True, True) if selected
+          else pair_sums_fn(ops, a_ids, c_ids))
+    out_cuda = fn(*on("cuda", za, zc)).cpu()
+    out_cpu = fn(za, zc)
+    assert out_cpu.isnan().any() and not out_cpu[..., 2].isnan().any()
+    torch.testing.assert_close(out_cuda, out_cpu, equal_nan=True, **TOLERANCES[torch.float64])
+
+
+# ---------------------------------------------------------------- float16 / bfloat16
+
+
+def max_error(values, expected):
+    return max((v.double() - e.double()).abs().max().item() for v, e in zip(values, expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", ["similarity", "pair_sums", "hard_pair_sums"])
+def test_half_precision_error_at_most_twice_the_reference(ops, dtype, op):
+    """Kernel error against a float32 reference <= 2 x the pure-PyTorch reference's error in
+    the same precision, for values and gradients (same rounded inputs for all three)."""
+    za, zc, a_ids, c_ids = make_problem(64, d=16, seed=7, dtype=torch.float64)
+    if op == "similarity":
+        za, zc = torch.log(za), torch.log(zc)  # logits: similarity applies the softmax
+    za, zc = za.to(dtype), zc.to(dtype)  # the rounding every variant starts from
+    a, c = on("cuda", a_ids, c_ids)
+    calls = {
+        "similarity": lambda impl: lambda x, y: impl.similarity(x, y),
+        "pair_sums": lambda impl: lambda x, y: impl.pair_sums(x, y, a, c, ALL_MODES, TARGETS),
+        "hard_pair_sums": lambda impl: lambda x, y: impl.hard_pair_sums(
+            x, y, a, c, ALL_MODES, TARGETS, 12, 1.0, True, True),
+    }
+    exact = values_and_grads(calls[op](reference), za.float(), zc.float(), "cuda")
+    kernel = values_and_grads(calls[op](ops), za, zc, "cuda")
+    eager = values_and_grads(calls[op](reference), za, zc, "cuda")
+    kernel_error, eager_error = max_error(kernel, exact), max_error(eager, exact)
+    assert eager_error > 0
+    assert kernel_error <= 2 * eager_error, (kernel_error, eager_error)
+
+
+# ---------------------------------------------------------------- opcheck and the loss
+
+
+def opcheck_cases():
+    za, zc, a_ids, c_ids = make_problem(10, seed=8)
+    za, zc, a, c = on("cuda", za, zc, a_ids, c_ids)
+    x, y = on("cuda", torch.randn(5, 7, dtype=torch.float64), torch.randn(9, 7,
+                                                                       dtype=torch.float64))
+    leaf = lambda t: t.detach().requires_grad_()  # noqa: E731
+    grad4 = torch.randn(za.shape[0], 3, 4, dtype=torch.float64, device="cuda")
+    _, state = torch.ops.hycon_ext.hard_pair_sums(za, zc, a, c, ALL_MODES, TARGETS, 3, 1.0,
+                                                  True, True)
+    lib = torch.ops.hycon_ext
+    return [
+        (lib.similarity.default, (leaf(x), leaf(y))),
+        (lib.similarity_backward.default, (torch.randn(5, 9, dtype=torch.float64,
+                                                       device="cuda"), x, y)),
+        (lib.pair_sums.default, (leaf(za), leaf(zc), a, c, ALL_MODES, TARGETS)),
+        (lib.pair_sums_backward.default, (grad4, za, zc, a, c, ALL_MODES, TARGETS)),
+        (lib.hard_pair_sums.default, (leaf(za), leaf(zc), a, c, ALL_MODES, TARGETS, 3, 1.0,
+                                      True, False)),
+        (lib.hard_pair_sums_backward.default, (grad4, za, zc, a, c, ALL_MODES, TARGETS, 1.0,
+                                               True, True, state)),
+    ]
+
+
+def test_opcheck_on_cuda(ops):
+    for op, args in opcheck_cases():
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pair_selection", [False, True])
+def test_loss_ext_matches_reference_on_cuda(ops, dtype, pair_selection):
+    gen = torch.Generator().manual_seed(9)
+    k, d = 48, 10
+    xs = [2 * torch.randn(k, d, generator=gen, dtype=dtype) for _ in range(3)]
+    labels = torch.randint(0, 4, (k,), generator=gen)
+    results = {}
+    for backend in ("ext", "reference"):
+        leaves = on("cuda", *xs, grad=True)
+        out = hycon_loss(*leaves, labels.cuda(), pair_selection=pair_selection, backend=backend)
+        out.total.backward()
+        results[backend] = (torch.stack(list(out)).detach(), *(x.grad for x in leaves))
+    tol = TOLERANCES[dtype]
+    for ext_t, ref_t in zip(results["ext"], results["reference"]):
+        torch.testing.assert_close(ext_t, ref_t, **tol)

@@ -1,0 +1,337 @@
+"""The custom ops (torch.ops.hycon_ext.*) against their float64 pure-PyTorch twins.
+
+Run: OMP_NUM_THREADS=1 /work/venv/bin/python -m pytest tests/test_ops.py
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from hycon_ext import ops, reference
+from hycon_ext.pairs import INTER, INTRA, SAME_SAMPLE, row_descriptors
+
+pytestmark = pytest.mark.skipif(not ops.is_available("cpu"),
+                                reason="hycon_ext._C is not built")
+
+ALL_MODES = [INTRA, INTER, SAME_SAMPLE]
+TARGETS = [1.0, 0.8, 0.8]
+SELECTIONS = list(itertools.product([False, True], repeat=2))  # (select_pos, select_neg)
+
+
+def make_labels(k, pattern, gen):
+    if pattern == "equal":
+        return torch.zeros(k, dtype=torch.int64)
+    if pattern == "distinct":
+        return torch.arange(k)
+    return torch.randint(0, 3, (k,), generator=gen)
+
+
+def make_problem(k, n_modalities=3, d=6, pattern="random", seed=0, dtype=torch.float64,
+                 anchor_rows=None):
+    """Softmax-normalised rows with descriptors; anchors are a subset of the candidate rows."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = make_labels(k, pattern, gen)
+    c_ids = row_descriptors(labels, n_modalities)
+    zc = torch.softmax(torch.randn(n_modalities * k, d, generator=gen, dtype=torch.float64), -1)
+    rows = torch.arange(n_modalities * k) if anchor_rows is None else anchor_rows
+    za = zc[rows]
+    return za.to(dtype), zc.to(dtype), c_ids[rows].clone(), c_ids
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+def compare(ext_fn, ref_fn, za, zc, atol=1e-10, rtol=1e-9, seed=1):
+    """Values and gradients of ext_fn(za, zc) against ref_fn on float64 copies."""
+    za_e, zc_e = leaves(za, zc)
+    za_r, zc_r = leaves(za.double(), zc.double())
+    out_e, out_r = ext_fn(za_e, zc_e), ref_fn(za_r, zc_r)
+    assert out_e.dtype == (torch.float64 if za.dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(out_e.double(), out_r, atol=atol, rtol=rtol, equal_nan=True)
+    weights = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(seed),
+                          dtype=torch.float64)
+    (out_e * weights.to(out_e.dtype)).sum().backward()
+    (out_r * weights).sum().backward()
+    torch.testing.assert_close(za_e.grad.double(), za_r.grad, atol=atol, rtol=rtol,
+                               equal_nan=True)
+    torch.testing.assert_close(zc_e.grad.double(), zc_r.grad, atol=atol, rtol=rtol,
+                               equal_nan=True)
+    return out_e
+
+
+def run_pair_sums(module, a_ids, c_ids, modes=ALL_MODES, targets=TARGETS):
+    return lambda za, zc: module.pair_sums(za, zc, a_ids, c_ids, modes, targets)
+
+
+def run_hard(module, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=ALL_MODES,
+             targets=TARGETS):
+    return lambda za, zc: module.hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma,
+                                                select_pos, select_neg)
+
+
+# ---------------------------------------------------------------- values and gradients
+
+
+@pytest.mark.parametrize("k,n_modalities,pattern,seed", [
+    (1, 3, "random", 0),
+    (5, 3, "equal", 1),
+    (6, 3, "distinct", 2),
+    (9, 3, "random", 3),
+    (7, 2, "random", 4),
+    (6, 4, "random", 5),
+    (13, 3, "random", 6),
+])
+def test_pair_sums_matches_reference(k, n_modalities, pattern, seed):
+    za, zc, a_ids, c_ids = make_problem(k, n_modalities, pattern=pattern, seed=seed)
+    compare(run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids), za, zc)
+
+
+@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
+@pytest.mark.parametrize("k,n_modalities,pattern,h,seed", [
+    (1, 3, "random", 1, 0),
+    (8, 3, "equal", 2, 1),
+    (8, 3, "distinct", 3, 2),
+    (12, 3, "random", 2, 3),
+    (10, 2, "random", 3, 4),
+    (7, 4, "random", 1, 5),
+    (9, 3, "random", 1000, 6),  # h larger than every candidate count: all pairs kept
+])
+def test_hard_pair_sums_matches_reference(k, n_modalities, pattern, h, seed, select_pos,
+                                          select_neg):
+    za, zc, a_ids, c_ids = make_problem(k, n_modalities, pattern=pattern, seed=seed)
+    compare(run_hard(ops, a_ids, c_ids, h, select_pos, select_neg),
+            run_hard(reference, a_ids, c_ids, h, select_pos, select_neg), za, zc)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_rectangular_anchor_subset(hard):
+    """One rank's anchors (every third row) against all candidates, and a disjoint set."""
+    k = 11
+    za, zc, a_ids, c_ids = make_problem(k, anchor_rows=torch.arange(0, 3 * k, 3), seed=7)
+    if hard:
+        ext, ref = run_hard(ops, a_ids, c_ids, 2, True, True), run_hard(reference, a_ids,
+                                                                        c_ids, 2, True, True)
+    else:
+        ext, ref = run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids)
+    assert compare(ext, ref, za, zc).shape == (k, 3, 4)
+
+    # Candidates that exclude the anchors (another rank's samples): global sample ids.
+    labels = torch.randint(0, 2, (2 * k,), generator=torch.Generator().manual_seed(8))
+    ids0, ids1 = row_descriptors(labels[:k], 3), row_descriptors(labels[k:], 3, sample_offset=k)
+    z = torch.softmax(torch.randn(6 * k, 5, dtype=torch.float64), -1)
+    compare(run_hard(ops, ids0, ids1, 3, True, True), run_hard(reference, ids0, ids1, 3, True,
+                                                                  True), z[:3 * k], z[3 * k:])
+
+
+def test_modes_subset_and_order():
+    za, zc, a_ids, c_ids = make_problem(8, seed=9)
+    modes, targets = [SAME_SAMPLE, INTRA], [0.5, 0.9]
+    compare(run_pair_sums(ops, a_ids, c_ids, modes, targets),
+            run_pair_sums(reference, a_ids, c_ids, modes, targets), za, zc)
+    compare(run_hard(ops, a_ids, c_ids, 2, True, True, 0.5, modes, targets),
+            run_hard(reference, a_ids, c_ids, 2, True, True, 0.5, modes, targets), za, zc)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_float32_close_to_float64_reference(hard):
+    za, zc, a_ids, c_ids = make_problem(20, d=16, seed=10, dtype=torch.float32)
+    if hard:
+        ext, ref = run_hard(ops, a_ids, c_ids, 4, True, True), run_hard(reference, a_ids,
+                                                                        c_ids, 4, True, True)
+    else:
+        ext, ref = run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids)
+    compare(ext, ref, za, zc, atol=1e-5, rtol=1e-4)
+
+
+def test_many_chunks():
+    """M large enough that anchors are processed in several chunks of the workspace."""
+    k, d = 45000, 3  # 135,000 candidates: the workspace holds 32 rows, so 3 chunks
+    za, zc, a_ids, c_ids = make_problem(k, d=d, seed=11, anchor_rows=torch.arange(0, 3 * k,
+                                                                                  1930))
+    assert za.shape[0] > 64
+    compare(run_hard(ops, a_ids, c_ids, 50, True, True), run_hard(reference, a_ids, c_ids, 50,
+                                                                  True, True), za, zc)
+
+
+def test_ties_keep_lower_candidate_index():
+    """Exact dyadic similarities with many ties: the same pairs as the reference are kept,
+    which the gradients (they land on the kept candidate rows) reveal."""
+    gen = torch.Generator().manual_seed(12)
+    k = 12
+    labels = torch.randint(0, 3, (k,), generator=gen)
+    ids = row_descriptors(labels, 3)
+    z = torch.randint(0, 3, (3 * k, 4), generator=gen).double() / 4
+    sims = z @ z.T
+    assert sims.unique().numel() < sims.numel() // 10  # plenty of ties
+    for h, (select_pos, select_neg) in itertools.product([1, 2, 5], SELECTIONS):
+        compare(run_hard(ops, ids, ids, h, select_pos, select_neg),
+                run_hard(reference, ids, ids, h, select_pos, select_neg), z, z,
+                atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_nan_propagates(hard):
+    za, zc, a_ids, c_ids = make_problem(6, seed=13)
+    za, zc = za.clone(), zc.clone()
+    za[2, 0] = float("nan")  # anchor 2: every pair NaN
+    zc[9, 1] = float("nan")  # candidate 9: NaN in every anchor row that pairs with it
+    if hard:
+        ext, ref = run_hard(ops, a_ids, c_ids, 2, True, True), run_hard(reference, a_ids,
+                                                                        c_ids, 2, True, True)
+    else:
+        ext, ref = run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids)
+    stats = ext(za, zc)
+    assert stats[2, :, [0, 1, 3]].isnan().all()
+    assert not stats[..., 2].isnan().any()  # pos_count stays a count
+    torch.testing.assert_close(stats, ref(za, zc), equal_nan=True)
+
+
+def test_similarity_matches_reference():
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    y = torch.randn(9, 5, generator=gen, dtype=torch.float64)
+    compare(ops.similarity, reference.similarity, x, y)
+    compare(ops.similarity, reference.similarity, x.float(), y.float(), atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- gradcheck
+
+
+def test_gradcheck_similarity():
+    x, y = leaves(torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64))
+    assert torch.autograd.gradcheck(ops.similarity, (x, y))
+
+
+def test_gradcheck_pair_sums():
+    za, zc, a_ids, c_ids = make_problem(5, d=4, seed=15, anchor_rows=torch.arange(0, 15, 2))
+    assert torch.autograd.gradcheck(run_pair_sums(ops, a_ids, c_ids), tuple(leaves(za, zc)))
+
+
+@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
+def test_gradcheck_hard_pair_sums(select_pos, select_neg):
+    za, zc, a_ids, c_ids = make_problem(6, d=4, seed=16)
+    fn = run_hard(ops, a_ids, c_ids, 2, select_pos, select_neg, gamma=0.5)
+    row_sims = (za @ zc.T).sort(dim=-1).values
+    assert (row_sims.diff(dim=-1) > 1e-5).all()  # the finite differences keep the selection
+    # w_p is detached by definition, so finite differences of pos_sum differ from its
+    # gradient under positive selection; that column is checked against the reference above.
+    columns = [1, 3] if select_pos else [0, 1, 3]
+    assert torch.autograd.gradcheck(lambda a, c: fn(a, c)[..., columns], tuple(leaves(za, zc)))
+
+
+# ---------------------------------------------------------------- opcheck
+
+
+def _opcheck_cases():
+    za, zc, a_ids, c_ids = make_problem(5, d=4, seed=17, anchor_rows=torch.arange(0, 15, 2))
+    za, zc = leaves(za, zc)
+    n, n_modes = za.shape[0], len(ALL_MODES)
+    grad_stats = torch.randn(n, n_modes, 4, dtype=torch.float64)
+    _, state = torch.ops.hycon_ext.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2,
+                                                  1.0, True, True)
+    x, y = leaves(torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64))
+    hc = torch.ops.hycon_ext
+    # The backward ops have no double backward: they are checked without requires_grad.
+    xd, yd, zad, zcd = (t.detach() for t in (x, y, za, zc))
+    return [
+        (hc.similarity.default, (x, y)),
+        (hc.similarity_backward.default, (torch.randn(4, 6, dtype=torch.float64), xd, yd)),
+        (hc.pair_sums.default, (za, zc, a_ids, c_ids, ALL_MODES, TARGETS)),
+        (hc.pair_sums_backward.default,
+         (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS)),
+        (hc.hard_pair_sums.default,
+         (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0, True, False)),
+        (hc.hard_pair_sums_backward.default,
+         (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True,
+          state.detach())),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_opcheck(case):
+    op, args = _opcheck_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+# ---------------------------------------------------------------- bad input and availability
+
+
+def _bad_calls():
+    za, zc, a_ids, c_ids = make_problem(3, d=4)
+    hc = torch.ops.hycon_ext
+    grad = torch.zeros(9, 3, 4, dtype=torch.float64)
+    _, state = hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True, True)
+    pair = lambda *args: hc.pair_sums(*args)  # noqa: E731
+    return [
+        (lambda: pair(za[0], zc, a_ids, c_ids, ALL_MODES, TARGETS), "za must be a 2-D"),
+        (lambda: pair(za, zc.float(), a_ids, c_ids, ALL_MODES, TARGETS), "same dtype"),
+        (lambda: pair(za, zc[:, :3], a_ids, c_ids, ALL_MODES, TARGETS), "same feature size"),
+        (lambda: pair(za.long(), zc.long(), a_ids, c_ids, ALL_MODES, TARGETS),
+         "za must be a floating"),
+        (lambda: pair(za, zc, a_ids.double(), c_ids, ALL_MODES, TARGETS), "a_ids must be an int64"),
+        (lambda: pair(za, zc, a_ids[:4], c_ids, ALL_MODES, TARGETS), "a_ids must have one row"),
+        (lambda: pair(za, zc, a_ids, c_ids[:, :2], ALL_MODES, TARGETS), "c_ids must have shape"),
+        (lambda: pair(za, zc, a_ids, c_ids, [INTRA, 7], [1.0, 1.0]), "modes must hold"),
+        (lambda: pair(za, zc, a_ids, c_ids, ALL_MODES, [1.0]), "targets must have one entry"),
+        (lambda: hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True),
+         "h must be >= 1"),
+        (lambda: hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 0.0, True, True),
+         "gamma must be > 0"),
+        (lambda: hc.pair_sums_backward(grad[:, :2], za, zc, a_ids, c_ids, ALL_MODES, TARGETS),
+         "grad_stats must have shape"),
+        (lambda: hc.hard_pair_sums_backward(grad, za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1.0,
+                                            True, True, state.float()), "state must have dtype"),
+        (lambda: hc.hard_pair_sums_backward(grad, za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1.0,
+                                            True, True, state[:, :, :6]), "state must have shape"),
+        (lambda: hc.similarity(za, zc[None]), "y must be a 2-D"),
+        (lambda: hc.similarity_backward(grad[:, 0], za, zc), "grad must have shape"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_bad_input_names_the_argument(case):
+    call, message = _bad_calls()[case]
+    with pytest.raises(RuntimeError, match=message):
+        call()
+
+
+def test_double_backward_is_a_clear_error():
+    za, zc, a_ids, c_ids = make_problem(3, d=4)
+    za, zc = leaves(za, zc)
+    stats = ops.pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS)
+    (grad_za,) = torch.autograd.grad(stats.sum(), za, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        grad_za.sum().backward()
+
+
+def test_is_available():
+    assert ops.is_available("cpu")
+    assert ops.is_available(torch.device("cpu"))
+    assert not ops.is_available("meta")
+    if not torch.cuda.is_available():
+        assert not ops.is_available("cuda")
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """The fake kernels let Dynamo/AOTAutograd trace the ops with no graph break."""
+    gen = torch.Generator().manual_seed(18)
+    k = 10
+    x0 = torch.randn(3 * k, 6, generator=gen, dtype=torch.float64)
+    ids = row_descriptors(torch.randint(0, 3, (k,), generator=gen), 3)
+
+    def loss(module, x):
+        z = torch.softmax(x, -1)
+        stats = module.hard_pair_sums(z, z, ids, ids, ALL_MODES, TARGETS, 3, 1.0, True, True)
+        plain = module.pair_sums(z, z, ids, ids, ALL_MODES, TARGETS)
+        ratio = stats[..., 0] / (stats[..., 0] + stats[..., 1])
+        return ratio.sum() + stats[..., 3].sum() + plain.sum() + module.similarity(x, x).sum()
+
+    x, x_ref = leaves(x0, x0)
+    out = torch.compile(lambda t: loss(ops, t), fullgraph=True)(x)
+    out_ref = loss(reference, x_ref)
+    out.backward()
+    out_ref.backward()
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(x.grad, x_ref.grad)

@@ -1,0 +1,167 @@
+"""train/main.py end to end on demo data: learning above chance, resume, results files, flags."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train.data import write_demo
+from train.main import build_parser, cli, loss_settings, main
+
+FAST = ["--epochs", "8", "--lr", "3e-3", "--batch-size", "32"]  # backend auto: the kernels where built
+
+
+def _demo(tmp_path, name, n_train=240, n_eval=80):
+    data = tmp_path / "data"
+    write_demo(name, data, seed=0, n_train=n_train, n_valid=n_eval, n_test=n_eval, seq_len=8)
+    return data
+
+
+@pytest.mark.slow
+def test_iemocap_learns_above_chance(tmp_path, capsys):
+    data = _demo(tmp_path, "iemocap")
+    summary = main(["--dataset", "iemocap", "--data-dir", str(data), "--out", str(tmp_path / "out")] + FAST)
+    # chance = always predicting each emotion's majority class on the test split
+    from train.data import load_dataset
+
+    labels = np.stack([load_dataset("iemocap", data).test[i]["label"].numpy() for i in range(80)])
+    chance = np.maximum(labels.mean(0), 1 - labels.mean(0)).mean()
+    assert summary["mean"]["Avg_Acc"] > chance + 0.15, (summary["mean"], chance)
+    out = capsys.readouterr().out
+    assert "Table 3 layout" in out and "Happy_Acc" in out and "Parameters:" in out
+
+
+@pytest.mark.slow
+def test_mosi_learns_above_chance_and_writes_results(tmp_path, capsys):
+    data = _demo(tmp_path, "mosi")
+    out = tmp_path / "out"
+    summary = main(["--dataset", "mosi", "--data-dir", str(data), "--out", str(out), "--tsne",
+                    "--metrics-convention", "mult"] + FAST)
+    test = summary["mean"]
+    assert test["Acc2"] > 0.75 and test["Corr"] > 0.5, test
+    printed = capsys.readouterr().out
+    assert "Table 1 layout" in printed and "convention mult" in printed
+    assert all(c in printed for c in ("Acc7", "Acc2", "F1", "MAE", "Corr"))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["convention"] == "mult" and saved["params"] > 0 and saved["train_time_s"] > 0
+    assert saved["seeds"][0]["test"]["Acc2"] == pytest.approx(test["Acc2"])
+    csv = (out / "results.csv").read_text().splitlines()
+    assert csv[0].startswith("row,Acc7") and [r.split(",")[0] for r in csv[1:]] == ["seed1", "mean", "std"]
+    assert (out / "tsne_seed1.png").stat().st_size > 1000
+    assert (out / "seed1" / "best.pt").exists() and (out / "seed1" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    data = _demo(tmp_path, "mosi", n_train=64, n_eval=32)
+    common = ["--dataset", "mosi", "--data-dir", str(data), "--lr", "3e-3", "--batch-size", "16",
+              "--backend", "reference", "--seeds", "1,2"]
+    straight = main(common + ["--out", str(tmp_path / "a"), "--epochs", "3"])
+    main(common + ["--out", str(tmp_path / "b"), "--epochs", "2"])
+    resumed = main(common + ["--out", str(tmp_path / "b"), "--epochs", "3", "--resume"])
+    for seed in (1, 2):
+        a = torch.load(tmp_path / "a" / f"seed{seed}" / "last.pt", weights_only=False)
+        b = torch.load(tmp_path / "b" / f"seed{seed}" / "last.pt", weights_only=False)
+        assert a["epoch"] == b["epoch"] == 3
+        for k in a["model"]:  # same weights as the uninterrupted run: RNG and optimizer restored
+            torch.testing.assert_close(a["model"][k], b["model"][k])
+    assert resumed["mean"] == pytest.approx(straight["mean"], nan_ok=True)
+    assert set(resumed["std"]) == set(resumed["mean"])  # two seeds: mean and std of every metric
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [
+    ["--fusion", "graph", "--contrastive-loss", "npair"],
+    ["--fusion", "tensor", "--pair-selection", "--no-negative-selection", "--d", "8", "--heads", "2"],
+    ["--fusion", "concat", "--contrastive-loss", "hard-triplet", "--pair-classes", "sign-nonzero"],
+    ["--contrastive-loss", "triplet", "--no-scl", "--metrics-convention", "mmsa"],
+    ["--contrastive-loss", "classical", "--pair-classes", "7class", "--layers", "2"],
+    ["--no-contrastive"],
+    ["--no-refinement", "--no-margin", "--no-iamcl", "--pair-selection", "--beta", "0.5"],
+])
+def test_flag_combinations_train(tmp_path, flags):
+    data = _demo(tmp_path, "mosi", n_train=48, n_eval=16)
+    summary = main(["--dataset", "mosi", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--epochs", "1",
+                    "--batch-size", "16", "--backend", "reference"] + flags)
+    assert np.isfinite(summary["mean"]["MAE"])
+
+
+@pytest.mark.slow
+def test_demo_flag_writes_its_own_data_and_trains(tmp_path, capsys):
+    main(["--dataset", "mosi", "--demo", "--epochs", "1", "--out", str(tmp_path), "--backend", "reference"])
+    printed = capsys.readouterr().out
+    assert "demo: lr" in printed and "demo: wrote synthetic mosi data" in printed
+    assert (tmp_path / "demo-data" / "mosi_data.pkl").exists()
+
+
+def test_loss_settings_map_the_ablation_flags():
+    parse = build_parser().parse_args
+    kw = loss_settings(parse(["--dataset", "mosi"]))
+    assert kw == dict(alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), backend="auto",
+                      pair_selection=False, select_positives=True, select_negatives=True, refinement=True)
+    kw = loss_settings(parse(["--dataset", "mosi", "--no-margin", "--no-iemcl", "--lambdas", "2,3,4",
+                              "--pair-selection", "--no-positive-selection", "--no-refinement"]))
+    assert kw["alpha"] == 1.0 and kw["lambdas"] == (2.0, 0.0, 4.0)
+    assert kw["pair_selection"] and not kw["select_positives"] and kw["select_negatives"] and not kw["refinement"]
+    assert "pair_selection" not in loss_settings(parse(["--dataset", "mosi", "--contrastive-loss", "npair"]))
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--no-positive-selection"], "need --pair-selection"),
+    (["--lambdas", "1,2"], "--lambdas"),
+    (["--contrastive-loss", "triplet", "--pair-selection"], "hycon only"),
+])
+def test_contradictory_flags_are_errors(argv, match):
+    with pytest.raises(ValueError, match=match):
+        loss_settings(build_parser().parse_args(["--dataset", "mosi"] + argv))
+
+
+def test_cli_reports_a_missing_file_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["main.py", "--dataset", "mosi", "--data-dir", str(tmp_path / "none"),
+                                      "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exc:
+        cli()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "none" in err
+
+
+def test_every_documented_flag_exists():
+    flags = set(build_parser()._option_string_actions)
+    for f in ("--text-encoder", "--pretrained", "--fusion", "--pair-classes", "--no-contrastive", "--no-refinement",
+              "--no-margin", "--no-iamcl", "--no-iemcl", "--no-scl", "--pair-selection", "--no-positive-selection",
+              "--no-negative-selection", "--alpha", "--beta", "--gamma", "--lambdas", "--contrastive-loss", "--lr",
+              "--text-lr", "--epochs", "--batch-size", "--seed", "--seeds", "--out", "--resume", "--tsne", "--demo",
+              "--data-dir", "--format", "--metrics-convention", "--device", "--num-workers", "--backend"):
+        assert f in flags, f
+
+
+@pytest.mark.slow
+def test_bert_text_encoder_on_magbert_demo(tmp_path, demo_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    bert = tmp_path / "tiny-bert"
+    cfg = transformers.BertConfig(vocab_size=demo_tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    transformers.BertModel(cfg).save_pretrained(bert)
+    demo_tokenizer.save_pretrained(bert)
+    data = tmp_path / "data"
+    write_demo("mosi", data, "magbert", n_train=48, n_valid=16, n_test=16, seq_len=8)
+    summary = main(["--dataset", "mosi", "--data-dir", str(data), "--format", "magbert", "--text-encoder", "bert",
+                    "--pretrained", str(bert), "--max-seq-len", "12", "--text-lr", "1e-5", "--lr", "1e-3",
+                    "--epochs", "1", "--batch-size", "16", "--backend", "reference", "--out", str(tmp_path / "o")])
+    assert summary["format"] == "magbert" and np.isfinite(summary["mean"]["MAE"])
+    assert summary["params"] > sum(p.numel() for p in transformers.BertModel(cfg).parameters())
+
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL / "mosi_utterance_2way.npz").exists(), reason="real MOSI utterance data not present")
+def test_learns_on_real_mosi_utterances(tmp_path):
+    # an MLP over the concatenated modalities reaches about 80% test accuracy on this split
+    summary = main(["--dataset", "mosi", "--data-dir", str(REAL), "--format", "poria", "--lr", "1e-3",
+                    "--epochs", "6", "--batch-size", "64", "--backend", "reference", "--out", str(tmp_path)])
+    assert summary["mean"]["Acc2"] > 0.72, summary["mean"]

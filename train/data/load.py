@@ -1,0 +1,29 @@
+"""load_dataset: find a dataset's standard file and read it into a DataBundle."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bundle import DataBundle
+from .locate import check_name_fmt, find_file
+from .magbert import read_magbert
+from .mmsa import read_mmsa
+from .mult import read_mult
+from .poria import read_poria
+
+
+def load_dataset(name: str, data_dir, fmt: str = "auto", *, tokenizer=None, max_seq_len: int = 50) -> DataBundle:
+    """Read `name` ("mosi" | "mosei" | "iemocap") from its standard file under data_dir.
+
+    fmt "auto" takes the first standard file found (MulT, then MMSA, MAG-BERT, poria). tokenizer
+    (a transformers tokenizer) and max_seq_len are used by the MAG-BERT format only, which holds
+    raw words. Files are unpickled: read only files you trust.
+    """
+    name = check_name_fmt(name, fmt)
+    fmt, path = find_file(name, Path(data_dir), fmt)
+    if fmt == "mult":
+        return read_mult(path, name)
+    if fmt == "mmsa":
+        return read_mmsa(path, name)
+    if fmt == "magbert":
+        return read_magbert(path, name, tokenizer, max_seq_len)
+    return read_poria(path, name)
