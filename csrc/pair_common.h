@@ -32,7 +32,10 @@ constexpr int64_t kPosCount = 2;
 constexpr int64_t kRefineSum = 3;
 constexpr int64_t kStatCols = 4;
 
-// hard_pair_sums state (N, n_modes, 7).
+// hard_pair_sums state (N, n_modes, 7), docs/design.md. Sides without selection (off, or a
+// SAME_SAMPLE mode) hold t = +-inf, j = M, m_p = 0, sums = 1. A row whose pairs include a NaN
+// similarity keeps its thresholds but gets NaN m_p / sum_p / sum_n on its selected sides, so
+// its gradient is NaN too.
 constexpr int64_t kStateTp = 0;    // positive threshold value
 constexpr int64_t kStateJp = 1;    // positive threshold index
 constexpr int64_t kStateTn = 2;    // negative threshold value

@@ -1,18 +1,19 @@
 """torch.distributed plumbing for training with torchrun (one process per device).
 
-Wiring it into the single-process trainer (every call is a no-op or an identity when the
-script is started without torchrun, so the same code path serves both):
+train/engine.py and train/main.py use it like this (every call is a no-op or an identity when
+the script is started without torchrun, so the same code path serves both):
 
     ctx = distributed.init_from_env()   # first thing in main(); ctx.device replaces --device
     torch.manual_seed(seed)             # same seed on every rank (DDP broadcasts rank 0's weights)
     model = distributed.wrap_ddp(model.to(ctx.device), ctx)
-    sampler = distributed.train_sampler(train_set, ctx, seed=seed)
-    DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler, shuffle=sampler is None)
+    gen = torch.Generator().manual_seed(seed)          # same shuffling generator on every rank
+    batches = distributed.train_batch_sampler(train_set, per_rank_batch, ctx, gen)
+    DataLoader(train_set, batch_sampler=batches, generator=gen)   # rank's slice of each global batch
     DataLoader(eval_set, batch_size=..., sampler=distributed.eval_sampler(eval_set, ctx))
     for epoch ...:
-        distributed.set_epoch(sampler, epoch)   # a new shuffle each epoch
         out = hycon_loss_distributed(x_l, x_a, x_v, labels, **same keywords as hycon_loss)
-        (task_loss + out.total).backward()      # docs/distributed.md: why this gradient is right
+        w = distributed.batch_weight(k, ctx)            # local mean -> share of the global mean
+        (w * task_loss + out.total).backward()          # docs/distributed.md: why this is right
         epoch_loss = distributed.reduce_mean(loss_sum, n_seen, ctx)
     preds, labels = distributed.gather_tensors(preds, labels, ctx=ctx)  # split in dataset order
     if distributed.is_main(ctx):            # logs, checkpoints, results: rank 0 only
@@ -21,7 +22,8 @@ script is started without torchrun, so the same code path serves both):
     ...
     distributed.cleanup(ctx)
 
-Resuming: every rank loads the checkpoint with map_location=ctx.device before wrap_ddp.
+Resuming: every rank loads the same checkpoint (weights, optimizer, generator state) before
+training on.
 """
 
 import os
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, RandomSampler, Sampler
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,15 @@ def is_main(ctx=None):
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def main_only(log, ctx):
+    """``log`` on rank 0; a function that does nothing on the other ranks."""
+    return log if is_main(ctx) else _ignore
+
+
+def _ignore(*args, **kwargs):
+    pass
+
+
 def barrier(ctx):
     if ctx.is_distributed:
         if ctx.backend == "nccl":
@@ -128,22 +139,64 @@ def unwrap(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def train_sampler(dataset, ctx, *, seed=0, drop_last=False):
-    """Shuffled shards of the training set, one per rank (None in one process: shuffle=True).
+def _shard_bounds(n, rank, world_size):
+    """[start, stop) of rank's contiguous share of n items (shares differ by at most one)."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
 
-    Call set_epoch(sampler, epoch) at the start of every epoch, otherwise every epoch repeats
-    the same order. Without drop_last the shards are padded with repeated samples to equal size.
+
+class ShardedBatchSampler(Sampler):
+    """Rank r's contiguous slice of each global batch of ``batch_size * world_size`` indices.
+
+    The global batches are exactly those one process would draw from ``sampler`` with the
+    global batch size, and the ranks' slices in rank order are that batch in order: with the
+    same shuffling generator, W ranks train on the same batches as one process (unlike
+    DistributedSampler, whose permutation and padding differ). A full global batch gives every
+    rank ``batch_size``; a final partial one is split as evenly as possible, and dropped when it
+    has fewer samples than ranks (hycon_loss_distributed needs a sample on every rank).
     """
+
+    def __init__(self, sampler, batch_size, rank, world_size):
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1 (per rank), got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.global_batches = BatchSampler(sampler, batch_size * world_size, drop_last=False)
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self):
+        for batch in self.global_batches:
+            if len(batch) < self.world_size:
+                return
+            start, stop = _shard_bounds(len(batch), self.rank, self.world_size)
+            yield batch[start:stop]
+
+    def __len__(self):
+        full, rest = divmod(len(self.global_batches.sampler), self.global_batches.batch_size)
+        return full + (rest >= self.world_size)
+
+
+def train_batch_sampler(dataset, batch_size, ctx, generator):
+    """Shuffled per-rank batches (ShardedBatchSampler) drawn with ``generator``; None in one
+    process, where DataLoader(shuffle=True, generator=generator) draws the same global batches."""
     if not ctx.is_distributed:
         return None
-    return DistributedSampler(
-        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
-        drop_last=drop_last)
+    return ShardedBatchSampler(RandomSampler(dataset, generator=generator), batch_size,
+                               ctx.rank, ctx.world_size)
 
 
-def set_epoch(sampler, epoch):
-    if sampler is not None:
-        sampler.set_epoch(epoch)
+def batch_weight(k, ctx):
+    """k * W / K_global for a local batch of k samples (1.0 in one process).
+
+    A local mean loss times this weight, averaged by DDP over the W ranks, has the gradient of
+    the global batch mean even when the local batches differ in size.
+    """
+    if not ctx.is_distributed:
+        return 1.0
+    total = torch.tensor([k], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(total)
+    return k * ctx.world_size / total.item()
 
 
 class ContiguousShardSampler(Sampler):
@@ -157,9 +210,7 @@ class ContiguousShardSampler(Sampler):
     def __init__(self, n, rank, world_size):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        base, extra = divmod(n, world_size)
-        self.start = rank * base + min(rank, extra)
-        self.stop = self.start + base + (1 if rank < extra else 0)
+        self.start, self.stop = _shard_bounds(n, rank, world_size)
 
     def __iter__(self):
         return iter(range(self.start, self.stop))

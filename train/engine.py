@@ -4,6 +4,11 @@ resume, and the results of one seed.
 Model selection: the epoch with the lowest validation task loss (MAE for sentiment,
 cross-entropy for emotions) is kept in best.pt; the test metrics are those of that checkpoint.
 last.pt is written after every epoch and is what --resume continues from.
+
+Under torchrun (ctx.is_distributed, docs/distributed.md) the model is wrapped in DDP, each rank
+trains on its slice of the same global batches one process would draw with batch_size * W, the
+hybrid loss pairs local anchors with the global batch, evaluation gathers every rank's
+predictions (metrics identical on all ranks) and only rank 0 logs and writes checkpoints.
 """
 import random
 import time
@@ -14,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from train import distributed
 from train.metrics import emotion_metrics, sentiment_metrics
 from train.model import HyConModel, count_parameters
 from train.objectives import hybrid_loss, pair_classes, task_loss
@@ -54,33 +60,44 @@ def make_optimizer(model, s):
     return torch.optim.Adam(groups)
 
 
-def make_loaders(bundle, s, gen):
-    """train (shuffled by gen, so a resumed run continues the same order), valid, test."""
-    def loader(ds, shuffle):
-        return DataLoader(ds, batch_size=s.batch_size, shuffle=shuffle, num_workers=s.num_workers,
-                          generator=gen if shuffle else None)
-    return loader(bundle.train, True), loader(bundle.valid, False), loader(bundle.test, False)
+def make_loaders(bundle, s, gen, ctx):
+    """train (shuffled by gen, so a resumed run continues the same order), valid, test.
+    Under DDP: the rank's slice of each global batch, and contiguous eval shards."""
+    batches = distributed.train_batch_sampler(bundle.train, s.batch_size, ctx, gen)
+    if batches is None:
+        train = DataLoader(bundle.train, batch_size=s.batch_size, shuffle=True,
+                           num_workers=s.num_workers, generator=gen)
+    else:  # generator=gen too, so the loader draws from gen exactly as in one process
+        train = DataLoader(bundle.train, batch_sampler=batches, num_workers=s.num_workers, generator=gen)
+
+    def evaluation(ds):
+        return DataLoader(ds, batch_size=s.batch_size, sampler=distributed.eval_sampler(ds, ctx),
+                          num_workers=s.num_workers)
+    return train, evaluation(bundle.valid), evaluation(bundle.test)
 
 
-def compute_loss(out, batch, info, s):
-    """L_overall = task loss + L_hybrid (eq. 17); returns (total, dict of floats)."""
-    loss = task_loss(out.output, batch["label"], info.task)
-    parts = {"task": loss.item()}
+def compute_loss(out, batch, info, s, ctx):
+    """L_overall = task loss + L_hybrid (eq. 17); returns (total, dict of floats).
+    Under DDP the parts are global-batch values for the hybrid terms, local for the task."""
+    task = task_loss(out.output, batch["label"], info.task)
+    parts = {"task": task.item()}
+    loss = task * distributed.batch_weight(batch["label"].shape[0], ctx) if ctx.is_distributed else task
     if s.contrastive:
         classes = pair_classes(batch["label"], info.task, s.pair_classes)
-        hyb = hybrid_loss(*out.unimodal, classes, loss=s.contrastive_loss, **s.loss_kwargs)
+        hyb = hybrid_loss(*out.unimodal, classes, loss=s.contrastive_loss, global_batch=ctx.is_distributed,
+                          **s.loss_kwargs)
         loss = loss + hyb.total
         parts.update(hybrid=hyb.total.item(), scl=hyb.scl.item(), iamcl=hyb.iamcl.item(), iemcl=hyb.iemcl.item())
     return loss, parts
 
 
-def train_epoch(model, loader, optimizer, info, s, desc):
+def train_epoch(model, loader, optimizer, info, s, desc, ctx):
     model.train()
     totals, n = {}, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=None)
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if distributed.is_main(ctx) else True)
     for batch in bar:
         batch = _to(batch, s.device)
-        loss, parts = compute_loss(model(batch), batch, info, s)
+        loss, parts = compute_loss(model(batch), batch, info, s, ctx)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -89,12 +106,13 @@ def train_epoch(model, loader, optimizer, info, s, desc):
             totals[key] = totals.get(key, 0.0) + v * k
         n += k
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    return {key: v / n for key, v in totals.items()}
+    return {key: distributed.reduce_mean(v, n, ctx) for key, v in totals.items()}
 
 
 @torch.no_grad()
-def predict(model, loader, info, s):
-    """Task loss, predictions, labels and fused representations over a split."""
+def predict(model, loader, info, s, ctx):
+    """Task loss, predictions, labels and fused representations over a split (under DDP
+    gathered from every rank in dataset order, the same on all ranks)."""
     model.eval()
     outs, labels, fused, loss_sum, n = [], [], [], 0.0, 0
     for batch in loader:
@@ -106,7 +124,8 @@ def predict(model, loader, info, s):
         outs.append(out.output.cpu())
         labels.append(batch["label"].cpu())
         fused.append(out.fused.cpu())
-    return loss_sum / n, torch.cat(outs), torch.cat(labels), torch.cat(fused)
+    loss = distributed.reduce_mean(loss_sum, n, ctx)
+    return (loss, *distributed.gather_tensors(torch.cat(outs), torch.cat(labels), torch.cat(fused), ctx=ctx))
 
 
 def split_metrics(outputs, labels, info, convention):
@@ -121,15 +140,31 @@ def _save(path, **state):
     tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint
 
 
-def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print):
-    """Train one seed; returns its results and the test predictions for plotting."""
+def _check_split_sizes(bundle, ctx):
+    for name in ("train", "valid", "test"):
+        n = len(getattr(bundle, name))
+        if n < ctx.world_size:
+            raise ValueError(f"{name} split: {n} samples for {ctx.world_size} processes; every process "
+                             f"needs at least one (use fewer processes)")
+
+
+def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=None):
+    """Train one seed; returns its results and the test predictions for plotting.
+
+    ctx: a train.distributed.DistContext under torchrun; None for one process on s.device.
+    Every rank returns the same results; only rank 0 logs and writes checkpoints.
+    """
+    ctx = ctx or distributed.DistContext(0, 1, 0, torch.device(s.device), None)
+    main_rank = distributed.is_main(ctx)
+    log = distributed.main_only(log, ctx)
+    _check_split_sizes(bundle, ctx)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
     info = bundle.info
-    model = HyConModel(info, model_cfg).to(s.device)
-    optimizer = make_optimizer(model, s)
+    net = HyConModel(info, model_cfg).to(s.device)
+    optimizer = make_optimizer(net, s)
     gen = torch.Generator().manual_seed(seed)
-    train_dl, valid_dl, test_dl = make_loaders(bundle, s, gen)
+    train_dl, valid_dl, test_dl = make_loaders(bundle, s, gen, ctx)
 
     start_epoch, best_loss, best_epoch, train_time = 1, float("inf"), 0, 0.0
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -139,7 +174,7 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print):
     elif resume:
         # RNG states must stay CPU tensors; load_state_dict moves weights to the model's device
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
+        net.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
         if ck["cuda_rng"] and torch.cuda.is_available():
@@ -147,19 +182,24 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print):
         gen.set_state(ck["loader_rng"])
         start_epoch, best_loss, best_epoch, train_time = ck["epoch"] + 1, ck["best_loss"], ck["best_epoch"], ck["train_time"]
         log(f"seed {seed}: resumed from {last_path} after epoch {ck['epoch']}")
+    # a pretrained backbone's pooler gets no gradient; DDP must be told to expect that
+    model = distributed.wrap_ddp(net, ctx, find_unused_parameters=net.pretrained_text)
 
     for epoch in range(start_epoch, s.epochs + 1):
         t0 = time.perf_counter()
-        train_parts = train_epoch(model, train_dl, optimizer, info, s, f"seed {seed} epoch {epoch}/{s.epochs}")
-        valid_loss, *_ = predict(model, valid_dl, info, s)
+        train_parts = train_epoch(model, train_dl, optimizer, info, s, f"seed {seed} epoch {epoch}/{s.epochs}", ctx)
+        valid_loss, *_ = predict(model, valid_dl, info, s, ctx)  # the same on every rank
         train_time += time.perf_counter() - t0
         if valid_loss < best_loss:
             best_loss, best_epoch = valid_loss, epoch
-            _save(best_path, model=model.state_dict(), epoch=epoch)
-        _save(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-              best_loss=best_loss, best_epoch=best_epoch, train_time=train_time,
-              rng=torch.get_rng_state(), loader_rng=gen.get_state(),
-              cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+            if main_rank:
+                _save(best_path, model=net.state_dict(), epoch=epoch)
+        if main_rank:
+            _save(last_path, model=net.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                  best_loss=best_loss, best_epoch=best_epoch, train_time=train_time,
+                  rng=torch.get_rng_state(), loader_rng=gen.get_state(),
+                  cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+        distributed.barrier(ctx)  # checkpoints complete before any rank reads them
         parts = " ".join(f"{k}={v:.4f}" for k, v in train_parts.items())
         log(f"seed {seed} epoch {epoch}: train {parts} | valid loss {valid_loss:.4f}"
             f"{' *' if best_epoch == epoch else ''}")
@@ -167,13 +207,14 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print):
     if best_epoch == 0:
         raise ValueError(f"seed {seed}: no epoch gave a finite validation loss (epochs {s.epochs}); "
                          f"nothing to select or test")
-    model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
-    _, valid_out, valid_y, _ = predict(model, valid_dl, info, s)
-    test_loss, test_out, test_y, test_fused = predict(model, test_dl, info, s)
+    net.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
+    _, valid_out, valid_y, _ = predict(model, valid_dl, info, s, ctx)
+    test_loss, test_out, test_y, test_fused = predict(model, test_dl, info, s, ctx)
     result = {
         "seed": seed, "best_epoch": best_epoch, "valid_loss": best_loss, "test_loss": test_loss,
         "valid": split_metrics(valid_out, valid_y, info, s.convention),
         "test": split_metrics(test_out, test_y, info, s.convention),
-        "params": count_parameters(model), "train_time_s": train_time,
+        "params": count_parameters(net), "train_time_s": train_time,
     }
     return result, test_fused, test_y
+

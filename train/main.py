@@ -2,6 +2,7 @@
 
 Prints the paper's table layout (Tables 1/2 for MOSI/MOSEI, Table 3 for IEMOCAP), the parameter
 count and the training time (Table 8); writes results.json / results.csv and checkpoints to --out.
+Several processes: torchrun --nproc_per_node N train/main.py ... (DDP; docs/distributed.md).
 """
 import argparse
 import json
@@ -15,6 +16,7 @@ if not __package__:  # run as a script: make `import train.*` work from any dire
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from train import distributed  # noqa: E402
 from train.engine import TrainSettings, run_seed  # noqa: E402
 from train.fusion import FUSIONS  # noqa: E402
 from train.metrics import CONVENTIONS, SENTIMENT_COLUMNS, emotion_columns  # noqa: E402
@@ -57,7 +59,7 @@ def build_parser():
                    help="classes of the pairs for MOSI/MOSEI: sign (>= 0 vs < 0, paper), sign-nonzero (zero "
                         "labels are a class of their own), 7class; IEMOCAP always uses the present emotion")
     g.add_argument("--alpha", type=float, default=0.8, help="modality margin")
-    g.add_argument("--beta", type=float, default=0.2, help="pair selection: h = max(1, floor(beta * K))")
+    g.add_argument("--beta", type=float, default=0.2, help="pair selection: h = max(1, floor(beta * K)), K the global batch")
     g.add_argument("--gamma", type=float, default=1.0, help="pair selection: w_p = softmax(1 / (s_p + gamma))")
     g.add_argument("--lambdas", default="1,1,1", help="lambda1,lambda2,lambda3 of IAMCL, IEMCL, SCL")
     g.add_argument("--pair-selection", action="store_true", help="HyCon-v2 (eqs. 13-15)")
@@ -78,7 +80,9 @@ def build_parser():
                                                                "(default: --lr)")
     g.add_argument("--epochs", type=int, default=None,
                    help=f"default {DEFAULT_EPOCHS} (the paper does not state it), {DEMO_EPOCHS} with --demo")
-    g.add_argument("--batch-size", type=int, default=32, help="K, the mini-batch size (not stated in the paper)")
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="mini-batch size per process (not stated in the paper); under torchrun the global batch "
+                        "K, whose samples the contrastive pairs span, is --batch-size x the number of processes")
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 1,2,3,4,5 (mean and std)")
     g.add_argument("--out", default="runs/hycon", help="results.json, results.csv, seed*/ checkpoints")
@@ -86,7 +90,8 @@ def build_parser():
     g.add_argument("--tsne", action="store_true", help="write OUT/tsne_seed<N>.png of the fused test representations")
     g.add_argument("--metrics-convention", default="magbert", choices=sorted(CONVENTIONS),
                    help="; ".join(f"{k} = {v}" for k, v in CONVENTIONS.items()))
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...; under "
+                                                    "torchrun auto (GPU LOCAL_RANK, nccl) or cpu (gloo)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     return p
 
@@ -122,7 +127,7 @@ def loss_settings(args):
     return kw
 
 
-def load_data(args, out):
+def load_data(args, out, ctx, log):
     from train.data import load_dataset, write_demo
 
     tokenizer = None
@@ -135,8 +140,10 @@ def load_data(args, out):
     data_dir = Path(args.data_dir)
     if args.demo:
         data_dir = out / "demo-data"
-        path = write_demo(args.dataset, data_dir, args.format, seed=0)
-        print(f"demo: wrote synthetic {args.dataset} data to {path}")
+        if distributed.is_main(ctx):
+            path = write_demo(args.dataset, data_dir, args.format, seed=0)
+            log(f"demo: wrote synthetic {args.dataset} data to {path}")
+        distributed.barrier(ctx)  # the other ranks read the file once rank 0 has written it
     return load_dataset(args.dataset, data_dir, args.format, tokenizer=tokenizer, max_seq_len=args.max_seq_len)
 
 
@@ -176,8 +183,31 @@ def write_results(out, summary):
     (out / "results.csv").write_text("\n".join(lines) + "\n")
 
 
+def _context(args):
+    """The torchrun process group (or a single process) and the device to train on."""
+    ctx = distributed.init_from_env(backend="gloo" if args.device == "cpu" else None)
+    if not ctx.is_distributed:
+        return ctx, args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device not in ("auto", "cpu"):
+        raise ValueError(f"--device: under torchrun each process uses GPU LOCAL_RANK (auto) or the cpu; "
+                         f"got {args.device!r}")
+    if args.contrastive_loss != "hycon" and not args.no_contrastive:
+        raise ValueError(f"--contrastive-loss {args.contrastive_loss}: under torchrun only hycon pairs anchors "
+                         f"across the global batch; run comparison losses in one process")
+    return ctx, str(ctx.device)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    ctx, device = _context(args)
+    try:
+        return _train(args, ctx, device)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _train(args, ctx, device):
+    log = distributed.main_only(print, ctx)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else [args.seed]
@@ -186,10 +216,9 @@ def main(argv=None):
     lr = args.lr if args.lr is not None else (DEMO_LR if args.demo else PAPER_LR)
     epochs = args.epochs if args.epochs is not None else (DEMO_EPOCHS if args.demo else DEFAULT_EPOCHS)
     if args.demo and args.lr is None:
-        print(f"demo: lr {lr} (the paper's {PAPER_LR} is the default without --demo)")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        log(f"demo: lr {lr} (the paper's {PAPER_LR} is the default without --demo)")
 
-    bundle = load_data(args, out)
+    bundle = load_data(args, out, ctx, log)
     info = bundle.info
     settings = TrainSettings(
         epochs=epochs, batch_size=args.batch_size, lr=lr, text_lr=args.text_lr if args.text_lr is not None else lr,
@@ -198,49 +227,55 @@ def main(argv=None):
         convention=args.metrics_convention, device=device, num_workers=args.num_workers)
     model_cfg = ModelConfig(d=args.d, layers=args.layers, heads=args.heads, dropout=args.dropout,
                             fusion=args.fusion, text_encoder=args.text_encoder, pretrained=args.pretrained)
-    print(f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
-          f"test {len(bundle.test)}; dims {info.dims}; device {device}; {epochs} epochs, lr {lr}")
+    log(f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
+        f"test {len(bundle.test)}; dims {info.dims}; device {device}; {epochs} epochs, lr {lr}")
+    if ctx.is_distributed:
+        log(f"distributed: {ctx.world_size} processes ({ctx.backend}), batch {args.batch_size} per process, "
+            f"global batch {args.batch_size * ctx.world_size}")
 
     results = []
     t0 = time.perf_counter()
     for seed in seeds:
-        result, fused, labels = run_seed(bundle, model_cfg, settings, seed, out / f"seed{seed}", resume=args.resume)
+        result, fused, labels = run_seed(bundle, model_cfg, settings, seed, out / f"seed{seed}",
+                                         resume=args.resume, log=log, ctx=ctx)
         results.append(result)
-        if args.tsne:
+        if args.tsne and distributed.is_main(ctx):
             from train.tsne import plot_tsne
 
             classes = pair_classes(labels, info.task, args.pair_classes).numpy()
             names = (info.emotions + ["none"]) if info.task == "emotion" else _class_names(args.pair_classes)
-            print(f"t-SNE: {plot_tsne(fused.numpy(), classes, names, out / f'tsne_seed{seed}.png', seed=seed)}")
+            log(f"t-SNE: {plot_tsne(fused.numpy(), classes, names, out / f'tsne_seed{seed}.png', seed=seed)}")
     mean, std = summarise(results)
 
     if info.task == "regression":
         columns = SENTIMENT_COLUMNS
-        print(f"\nTest metrics (Table {1 if info.name == 'mosi' else 2} layout; convention "
+        log(f"\nTest metrics (Table {1 if info.name == 'mosi' else 2} layout; convention "
               f"{args.metrics_convention}: {CONVENTIONS[args.metrics_convention]})")
     else:
         columns = emotion_columns(info.emotions)
-        print("\nTest metrics (Table 3 layout: per emotion accuracy and weighted F1)")
+        log("\nTest metrics (Table 3 layout: per emotion accuracy and weighted F1)")
     rows = [(f"seed {r['seed']}", r["test"]) for r in results] + [("mean", mean)]
     if len(results) > 1:
         rows.append(("std", std))
-    print(format_table(columns, rows))
+    log(format_table(columns, rows))
     if info.task == "regression":
-        print("all variants (mean): " + ", ".join(f"{k} {_fmt(k, v)}" for k, v in mean.items()))
+        log("all variants (mean): " + ", ".join(f"{k} {_fmt(k, v)}" for k, v in mean.items()))
     params = results[0]["params"]
     train_time = float(np.mean([r["train_time_s"] for r in results]))
-    print(f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed ({epochs} epochs)")
+    log(f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed ({epochs} epochs)")
 
     summary = {
         "dataset": info.name, "format": info.fmt, "task": info.task, "convention": args.metrics_convention,
         "convention_description": CONVENTIONS[args.metrics_convention] if info.task == "regression" else None,
         "columns": columns, "seeds": results, "mean": mean, "std": std, "params": params,
         "train_time_s": train_time, "wall_time_s": time.perf_counter() - t0, "epochs": epochs, "lr": lr,
-        "args": vars(args),
+        "args": vars(args), "world_size": ctx.world_size,
     }
-    write_results(out, summary)
-    print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
+    if distributed.is_main(ctx):
+        write_results(out, summary)
+    log(f"results: {out / 'results.json'}, {out / 'results.csv'}")
     return summary
+
 
 
 def _class_names(mode):

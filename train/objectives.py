@@ -120,19 +120,31 @@ def comparison_loss(kind, x_l, x_a, x_v, classes):
 
 def hybrid_loss(x_l, x_a, x_v, classes, *, loss="hycon", alpha=0.8, beta=0.2, gamma=1.0,
                 lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
-                select_negatives=True, refinement=True, backend="auto"):
+                select_negatives=True, refinement=True, backend="auto", global_batch=False):
     """L_hybrid (eq. 16). loss="hycon" is hycon_ext's loss; the others replace IAMCL/IEMCL by
-    eqs. 18-20 and keep SCL (with its margin alpha)."""
-    from hycon_ext import hycon_loss  # imported here: --no-contrastive runs need no hycon_ext
+    eqs. 18-20 and keep SCL (with its margin alpha).
+
+    global_batch=True (training under torchrun): every local anchor is paired with the global
+    batch of all ranks through hycon_loss_distributed (values are the global loss; gradients
+    scaled for DDP's averaging). Only loss="hycon" supports it: the comparison losses would see
+    the local batch only, so they are refused rather than silently computed per rank.
+    """
+    # imported here: --no-contrastive runs need no hycon_ext
+    from hycon_ext import hycon_loss
+    from hycon_ext.distributed import hycon_loss_distributed
 
     if loss not in CONTRASTIVE_LOSSES:
         raise ValueError(f"loss: expected one of {CONTRASTIVE_LOSSES}, got {loss!r}")
     if loss == "hycon":
-        out = hycon_loss(x_l, x_a, x_v, classes, alpha=alpha, beta=beta, gamma=gamma,
-                         lambdas=tuple(lambdas), pair_selection=pair_selection,
-                         select_positives=select_positives, select_negatives=select_negatives,
-                         refinement=refinement, backend=backend)
+        fn = hycon_loss_distributed if global_batch else hycon_loss
+        out = fn(x_l, x_a, x_v, classes, alpha=alpha, beta=beta, gamma=gamma,
+                 lambdas=tuple(lambdas), pair_selection=pair_selection,
+                 select_positives=select_positives, select_negatives=select_negatives,
+                 refinement=refinement, backend=backend)
         return HybridTerms(out.total, out.scl, out.iamcl, out.iemcl)
+    if global_batch:
+        raise ValueError(f"loss: {loss!r} pairs only the local batch; under torchrun (several "
+                         f"processes) only 'hycon' pairs anchors across the global batch")
     scl = hycon_loss(x_l, x_a, x_v, classes, alpha=alpha, lambdas=(0.0, 0.0, 1.0), backend=backend).scl
     intra, inter = comparison_loss(loss, x_l, x_a, x_v, classes)
     total = lambdas[0] * intra + lambdas[1] * inter + lambdas[2] * scl

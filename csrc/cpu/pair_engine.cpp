@@ -25,7 +25,9 @@ int64_t chunk_rows(int64_t n, int64_t m) {
 
 // Rows per parallel task: small problems stay on one thread (waking a team costs more).
 constexpr int64_t kPairsPerTask = int64_t(1) << 15;
-int64_t row_grain(int64_t m) { return std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(m, 1)); }
+int64_t row_grain(int64_t m) {
+  return std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(m, 1));
+}
 
 // One code path for the forward and the backward, so the backward recomputes bitwise the
 // similarities the selection saw.
@@ -131,6 +133,9 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       }
     }
   }
+  const double* sum = r.sum;
+  const double* sq = r.sq;
+  const int64_t* count = r.count;
 
   const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
   const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
@@ -141,15 +146,15 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
     int64_t n_pos = 0;
     for (int rel = 0; rel < kRelations; ++rel) {
       if (mc.kind[rel] == kIgnored) continue;
-      nan_probe += r.sum[rel];
+      nan_probe += sum[rel];
       if (mc.kind[rel] == kPositive) {
-        n_pos += r.count[rel];
+        n_pos += count[rel];
         if (!mc.sel_pos) {
-          pos_sum += r.sum[rel];
-          refine += r.sq[rel] - 2 * t * r.sum[rel] + t * t * r.count[rel];  // sum (s - t)^2
+          pos_sum += sum[rel];
+          refine += sq[rel] - 2 * t * sum[rel] + t * t * count[rel];  // sum (s - t)^2
         }
       } else if (!mc.sel_neg) {
-        neg_sum += r.sum[rel];
+        neg_sum += sum[rel];
       }
     }
 
