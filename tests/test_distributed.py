@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
+from torch.utils.data import BatchSampler, RandomSampler
 
 from hycon_ext import hycon_loss
 from hycon_ext.distributed import _gather_batch, _gather_sizes, hycon_loss_distributed
@@ -112,12 +113,8 @@ def _run_train_utils(rank, ctx):
     sampler = tdist.eval_sampler(range(n), ctx)
     shard = torch.tensor(list(sampler))
     gathered, doubled = tdist.gather_tensors(shard, 2 * shard, ctx=ctx)
-    train = tdist.train_sampler(range(8), ctx, seed=3)
-    epochs = []
-    for epoch in (0, 1):
-        tdist.set_epoch(train, epoch)
-        epochs.append(list(train))
-    return dict(shard_len=len(sampler), gathered=gathered, doubled=doubled, epochs=epochs,
+    return dict(shard_len=len(sampler), gathered=gathered, doubled=doubled,
+                weight=tdist.batch_weight(rank + 3, ctx), objects=tdist.gather_objects(("r", rank), ctx),
                 mean=tdist.reduce_mean(rank + 1, rank + 2, ctx), main=tdist.is_main(ctx))
 
 
@@ -231,8 +228,10 @@ def test_gathered_candidates_are_the_global_batch_in_order(ranks):
 def test_init_from_env_and_rank_helpers(ranks):
     assert [r["ctx"] for r in ranks] == [(0, WORLD, "gloo"), (1, WORLD, "gloo")]
     assert [r["utils"]["main"] for r in ranks] == [True, False]
-    for r in ranks:
+    for rank, r in enumerate(ranks):
         assert r["utils"]["mean"] == pytest.approx((1 + 2) / (2 + 3))
+        assert r["utils"]["weight"] == pytest.approx((rank + 3) * WORLD / (3 + 4))
+        assert r["utils"]["objects"] == [("r", 0), ("r", 1)]
 
 
 def test_eval_shards_gather_to_whole_split_in_order(ranks):
@@ -242,11 +241,32 @@ def test_eval_shards_gather_to_whole_split_in_order(ranks):
         assert r["utils"]["doubled"].tolist() == [2 * i for i in range(7)]
 
 
-def test_train_sampler_partitions_and_reshuffles_per_epoch(ranks):
-    for epoch in (0, 1):
-        shards = [r["utils"]["epochs"][epoch] for r in ranks]
-        assert sorted(shards[0] + shards[1]) == list(range(8))
-    assert ranks[0]["utils"]["epochs"][0] != ranks[0]["utils"]["epochs"][1]
+@pytest.mark.parametrize("n", [24, 29, 25])  # full batches only; a last one split 3/2; one of 1: dropped
+def test_sharded_batches_are_the_single_process_global_batches(n):
+    batch, world = 4, 2
+
+    def rank_batches(rank):
+        sampler = RandomSampler(range(n), generator=torch.Generator().manual_seed(7))
+        batches = tdist.ShardedBatchSampler(sampler, batch, rank, world)
+        return list(batches), len(batches)
+
+    (shards0, len0), (shards1, len1) = rank_batches(0), rank_batches(1)
+    single = BatchSampler(RandomSampler(range(n), generator=torch.Generator().manual_seed(7)),
+                          batch * world, drop_last=False)
+    expected = [b for b in single if len(b) >= world]
+    assert len0 == len1 == len(shards0) == len(shards1) == len(expected)
+    assert [a + b for a, b in zip(shards0, shards1)] == expected
+    assert all(len(a) == batch for a in shards0[:-1]) and abs(len(shards0[-1]) - len(shards1[-1])) <= 1
+
+
+def test_sharded_batches_reshuffle_each_pass_and_check_arguments():
+    sampler = RandomSampler(range(8), generator=torch.Generator().manual_seed(0))
+    batches = tdist.ShardedBatchSampler(sampler, 2, 0, 2)
+    assert list(batches) != list(batches)  # the shared generator advances, as in one process
+    with pytest.raises(ValueError, match="batch_size"):
+        tdist.ShardedBatchSampler(sampler, 0, 0, 2)
+    with pytest.raises(ValueError, match="rank"):
+        tdist.ShardedBatchSampler(sampler, 2, 2, 2)
 
 
 def test_mismatched_feature_sizes_raise_on_every_rank(ranks):
@@ -259,8 +279,9 @@ def test_single_process_context_without_torchrun(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     ctx = tdist.init_from_env()
     assert (ctx.rank, ctx.world_size, ctx.is_distributed, ctx.backend) == (0, 1, False, None)
-    assert tdist.train_sampler(range(4), ctx) is None
+    assert tdist.train_batch_sampler(range(4), 2, ctx, torch.Generator()) is None
     assert tdist.eval_sampler(range(4), ctx) is None
     t = torch.arange(3)
     assert tdist.gather_tensors(t, ctx=ctx).tolist() == [0, 1, 2]
     assert tdist.reduce_mean(3.0, 4, ctx) == 0.75
+    assert tdist.batch_weight(5, ctx) == 1.0 and tdist.gather_objects("x", ctx) == ["x"]

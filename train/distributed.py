@@ -235,10 +235,18 @@ def gather_tensors(*tensors, ctx):
     local = [t.detach().cpu() for t in tensors]
     if not ctx.is_distributed:
         return local[0] if len(local) == 1 else tuple(local)
-    parts = [None] * ctx.world_size
-    dist.all_gather_object(parts, local)  # pickles, so unequal lengths need no padding
+    parts = gather_objects(local, ctx)  # pickled, so unequal lengths need no padding
     out = tuple(torch.cat([p[i] for p in parts]) for i in range(len(local)))
     return out[0] if len(out) == 1 else out
+
+
+def gather_objects(obj, ctx):
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects); [obj] in one process."""
+    if not ctx.is_distributed:
+        return [obj]
+    objects = [None] * ctx.world_size
+    dist.all_gather_object(objects, obj)
+    return objects
 
 
 def reduce_mean(total, count, ctx):

@@ -140,6 +140,21 @@ def _save(path, **state):
     tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint
 
 
+_RANK_SEED_STRIDE = 1_000_003  # not 1: rank 1 of seed s would repeat the masks of a run with seed s + 1
+
+
+def _rank_rng(ctx):
+    """(CPU, own GPU or None) RNG states of this rank."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None
+
+
+def _set_rank_rng(state, ctx):
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, ctx.device)
+
+
 def _check_split_sizes(bundle, ctx):
     for name in ("train", "valid", "test"):
         n = len(getattr(bundle, name))
@@ -165,6 +180,8 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
     optimizer = make_optimizer(net, s)
     gen = torch.Generator().manual_seed(seed)
     train_dl, valid_dl, test_dl = make_loaders(bundle, s, gen, ctx)
+    if ctx.rank > 0:  # identical weights are built; now give each rank its own dropout masks
+        torch.manual_seed(seed + _RANK_SEED_STRIDE * ctx.rank)
 
     start_epoch, best_loss, best_epoch, train_time = 1, float("inf"), 0, 0.0
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -176,29 +193,36 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
         net.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["rng"])
-        if ck["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["cuda_rng"])
+        rank_rng = ck.get("rank_rng", [])
+        if ctx.is_distributed and len(rank_rng) == ctx.world_size:
+            _set_rank_rng(rank_rng[ctx.rank], ctx)
+        else:  # one process (or another number of ranks: all continue from rank 0's state)
+            torch.set_rng_state(ck["rng"])
+            if ck["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ck["cuda_rng"])
         gen.set_state(ck["loader_rng"])
         start_epoch, best_loss, best_epoch, train_time = ck["epoch"] + 1, ck["best_loss"], ck["best_epoch"], ck["train_time"]
         log(f"seed {seed}: resumed from {last_path} after epoch {ck['epoch']}")
-    # a pretrained backbone's pooler gets no gradient; DDP must be told to expect that
+    # a pretrained backbone has parameters outside the loss (BERT's pooler); DDP must expect that
     model = distributed.wrap_ddp(net, ctx, find_unused_parameters=net.pretrained_text)
 
     for epoch in range(start_epoch, s.epochs + 1):
         t0 = time.perf_counter()
         train_parts = train_epoch(model, train_dl, optimizer, info, s, f"seed {seed} epoch {epoch}/{s.epochs}", ctx)
-        valid_loss, *_ = predict(model, valid_dl, info, s, ctx)  # the same on every rank
+        # the plain module: DDP's forward may sync, and the shards may differ in batch count
+        valid_loss, *_ = predict(net, valid_dl, info, s, ctx)  # the same on every rank
         train_time += time.perf_counter() - t0
         if valid_loss < best_loss:
             best_loss, best_epoch = valid_loss, epoch
             if main_rank:
                 _save(best_path, model=net.state_dict(), epoch=epoch)
+        # every rank's dropout RNG, so a resumed DDP run continues exactly (a collective: all ranks)
+        rank_rng = {"rank_rng": distributed.gather_objects(_rank_rng(ctx), ctx)} if ctx.is_distributed else {}
         if main_rank:
             _save(last_path, model=net.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                   best_loss=best_loss, best_epoch=best_epoch, train_time=train_time,
                   rng=torch.get_rng_state(), loader_rng=gen.get_state(),
-                  cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+                  cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **rank_rng)
         distributed.barrier(ctx)  # checkpoints complete before any rank reads them
         parts = " ".join(f"{k}={v:.4f}" for k, v in train_parts.items())
         log(f"seed {seed} epoch {epoch}: train {parts} | valid loss {valid_loss:.4f}"
@@ -208,8 +232,8 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
         raise ValueError(f"seed {seed}: no epoch gave a finite validation loss (epochs {s.epochs}); "
                          f"nothing to select or test")
     net.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
-    _, valid_out, valid_y, _ = predict(model, valid_dl, info, s, ctx)
-    test_loss, test_out, test_y, test_fused = predict(model, test_dl, info, s, ctx)
+    _, valid_out, valid_y, _ = predict(net, valid_dl, info, s, ctx)
+    test_loss, test_out, test_y, test_fused = predict(net, test_dl, info, s, ctx)
     result = {
         "seed": seed, "best_epoch": best_epoch, "valid_loss": best_loss, "test_loss": test_loss,
         "valid": split_metrics(valid_out, valid_y, info, s.convention),

@@ -59,7 +59,8 @@ def build_parser():
                    help="classes of the pairs for MOSI/MOSEI: sign (>= 0 vs < 0, paper), sign-nonzero (zero "
                         "labels are a class of their own), 7class; IEMOCAP always uses the present emotion")
     g.add_argument("--alpha", type=float, default=0.8, help="modality margin")
-    g.add_argument("--beta", type=float, default=0.2, help="pair selection: h = max(1, floor(beta * K)), K the global batch")
+    g.add_argument("--beta", type=float, default=0.2,
+                   help="pair selection: h = max(1, floor(beta * K)), K the global batch")
     g.add_argument("--gamma", type=float, default=1.0, help="pair selection: w_p = softmax(1 / (s_p + gamma))")
     g.add_argument("--lambdas", default="1,1,1", help="lambda1,lambda2,lambda3 of IAMCL, IEMCL, SCL")
     g.add_argument("--pair-selection", action="store_true", help="HyCon-v2 (eqs. 13-15)")
@@ -183,25 +184,25 @@ def write_results(out, summary):
     (out / "results.csv").write_text("\n".join(lines) + "\n")
 
 
-def _context(args):
-    """The torchrun process group (or a single process) and the device to train on."""
-    ctx = distributed.init_from_env(backend="gloo" if args.device == "cpu" else None)
+def _device(args, ctx):
+    """The device to train on; under torchrun also refuses what DDP training does not support."""
     if not ctx.is_distributed:
-        return ctx, args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        return args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device not in ("auto", "cpu"):
         raise ValueError(f"--device: under torchrun each process uses GPU LOCAL_RANK (auto) or the cpu; "
                          f"got {args.device!r}")
     if args.contrastive_loss != "hycon" and not args.no_contrastive:
         raise ValueError(f"--contrastive-loss {args.contrastive_loss}: under torchrun only hycon pairs anchors "
                          f"across the global batch; run comparison losses in one process")
-    return ctx, str(ctx.device)
+    return str(ctx.device)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    ctx, device = _context(args)
+    # a no-op without torchrun; --device cpu makes a GPU machine use gloo on the CPU
+    ctx = distributed.init_from_env(backend="gloo" if args.device == "cpu" else None)
     try:
-        return _train(args, ctx, device)
+        return _train(args, ctx, _device(args, ctx))
     finally:
         distributed.cleanup(ctx)
 
@@ -250,7 +251,7 @@ def _train(args, ctx, device):
     if info.task == "regression":
         columns = SENTIMENT_COLUMNS
         log(f"\nTest metrics (Table {1 if info.name == 'mosi' else 2} layout; convention "
-              f"{args.metrics_convention}: {CONVENTIONS[args.metrics_convention]})")
+            f"{args.metrics_convention}: {CONVENTIONS[args.metrics_convention]})")
     else:
         columns = emotion_columns(info.emotions)
         log("\nTest metrics (Table 3 layout: per emotion accuracy and weighted F1)")
