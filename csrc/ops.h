@@ -33,4 +33,18 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward(
     at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
     const at::Tensor& state);
 
+// The loss terms (pair_terms): returns (terms, stats, state); terms (2, n_modes) holds the
+// per-mode sums over anchors and the number of anchors with a positive. state is the
+// hard_pair_sums state when selection, else empty. h, gamma, select_pos and select_neg only
+// matter with selection.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms(
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
+    double gamma, bool select_pos, bool select_neg, bool selection, bool refinement);
+std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
+    const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
+    bool selection, bool refinement, const at::Tensor& stats, const at::Tensor& state);
+
 }  // namespace hycon_ext

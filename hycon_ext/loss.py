@@ -1,7 +1,7 @@
 """The public HyCon loss: validation, backend choice, and stats -> loss terms.
 
-Semantics and equations: docs/losses.md. Both backends produce the same per-anchor stats
-(docs/design.md); `combine_stats` turns them into the three terms for either backend.
+Semantics and equations: docs/losses.md. Both backends compute the three terms with one
+`pair_terms` call (docs/design.md): the extension's op or its pure-PyTorch twin.
 """
 
 import numbers
@@ -20,7 +20,7 @@ except ImportError:  # extension package not built (or ops.py absent): reference
     _ops = None
 
 BACKENDS = ("auto", "ext", "reference")
-# One op call scores all three modes; combine_stats relies on this order.
+# One op call scores all three modes, in the order of HyConTerms.
 _MODES = [INTRA, INTER, SAME_SAMPLE]
 _N_MODALITIES = 3
 
@@ -126,27 +126,6 @@ def _resolve_backend(backend, device):
     return reference
 
 
-def combine_stats(stats, refinement=True):
-    """HyConTerms from per-anchor stats (N, 3, 4) in mode order INTRA, INTER, SAME_SAMPLE.
-
-    Per anchor and mode: c_ratio * ratio + refine_sum * (c_mean / pos_count + c_sum), with
-    (c_ratio, c_mean, c_sum) = (-1, 1, 0) for IAMCL and IEMCL (c_mean = 0 without refinement)
-    and (0, 0, 1/2) for SCL: one expression over all modes keeps the op count small, which
-    is most of the ext backend's time at small K.
-    """
-    pos_sum, neg_sum, pos_count, refine_sum = stats.unbind(-1)  # each (N, 3)
-    pos_count = pos_count.detach()  # a count: no gradient (design.md)
-    mean = 1.0 if refinement else 0.0
-    c_ratio, c_mean, c_sum = stats.new_tensor(
-        ((-1.0, -1.0, 0.0), (mean, mean, 0.0), (0.0, 0.0, 0.5))).unbind()
-    # Anchors without a positive have pos_sum = refine_sum = 0, so they add exactly 0; the
-    # (pos_sum == 0) keeps their ratio 0 instead of 0/0 (also when similarities underflow).
-    ratio = pos_sum / (pos_sum + neg_sum + (pos_sum == 0))
-    per_anchor = torch.addcmul(ratio * c_ratio, refine_sum, c_mean / pos_count.clamp_min(1) + c_sum)
-    counts = torch.count_nonzero(pos_count, dim=0).to(stats.dtype)
-    return HyConTerms(per_anchor.sum(0), counts)
-
-
 def terms_to_output(terms, lambdas=(1.0, 1.0, 1.0)):
     """HyConOutput from (possibly all-reduced) terms; a term with count 0 is 0."""
     _check_lambdas(lambdas)
@@ -158,13 +137,11 @@ def terms_to_output(terms, lambdas=(1.0, 1.0, 1.0)):
 def _terms(ops, z_anchor, z_cand, a_ids, c_ids, n_samples, alpha, beta, gamma,
            pair_selection, select_positives, select_negatives, refinement):
     targets = [1.0, float(alpha), float(alpha)]
-    if pair_selection:
-        h = selection_size(beta, n_samples)
-        stats = ops.hard_pair_sums(z_anchor, z_cand, a_ids, c_ids, _MODES, targets, h,
-                                   float(gamma), bool(select_positives), bool(select_negatives))
-    else:
-        stats = ops.pair_sums(z_anchor, z_cand, a_ids, c_ids, _MODES, targets)
-    return combine_stats(stats, refinement)
+    h = selection_size(beta, n_samples) if pair_selection else 0
+    terms = ops.pair_terms(z_anchor, z_cand, a_ids, c_ids, _MODES, targets, h, float(gamma),
+                           bool(select_positives), bool(select_negatives), bool(pair_selection),
+                           bool(refinement))
+    return HyConTerms(terms[0], terms[1])
 
 
 def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.2, gamma=1.0,

@@ -16,7 +16,7 @@ except ImportError as error:  # not built, or built against another torch
 
 _STAT_COLS = 4
 _STATE_COLS = 7
-_OP_NAMES = ("similarity", "pair_sums", "hard_pair_sums")
+_OP_NAMES = ("similarity", "pair_sums", "hard_pair_sums", "pair_terms")
 _DISPATCH_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}
 
 
@@ -61,6 +61,19 @@ def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, s
     return stats
 
 
+def pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg,
+               selection, refinement):
+    """Loss terms (2, len(modes)) = [per-mode sums over anchors; anchors with a positive].
+
+    selection=False ignores h, gamma, select_pos and select_neg (pair_sums' stats).
+    """
+    _require_built()
+    terms, _stats, _state = torch.ops.hycon_ext.pair_terms(
+        za, zc, a_ids, c_ids, list(modes), [float(t) for t in targets], int(h), float(gamma),
+        bool(select_pos), bool(select_neg), bool(selection), bool(refinement))
+    return terms
+
+
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -95,6 +108,21 @@ def _register_fakes():
     @torch.library.register_fake(lib + "hard_pair_sums_backward")
     def _(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
           state):
+        return torch.empty_like(za), torch.empty_like(zc)
+
+    @torch.library.register_fake(lib + "pair_terms")
+    def _(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg, selection,
+          refinement):
+        dtype = _compute_dtype(za.dtype)
+        n_modes = len(modes)
+        terms = za.new_empty((2, n_modes), dtype=dtype)
+        stats = za.new_empty((za.shape[0], n_modes, _STAT_COLS), dtype=dtype)
+        state_shape = (za.shape[0], n_modes, _STATE_COLS) if selection else (0,)
+        return terms, stats, za.new_empty(state_shape, dtype=dtype)
+
+    @torch.library.register_fake(lib + "pair_terms_backward")
+    def _(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
+          selection, refinement, stats, state):
         return torch.empty_like(za), torch.empty_like(zc)
 
 

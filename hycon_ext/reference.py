@@ -142,6 +142,40 @@ def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, s
     return _stack_stats(pos_sum, neg_sum, pos_count, refine_sum, poison)
 
 
+def terms_from_stats(stats, modes, refinement=True):
+    """Loss terms (2, n_modes) = [sums over anchors; anchors with a positive] from stats.
+
+    Per anchor and mode: c_ratio * ratio + refine_sum * (c_mean / pos_count + c_sum), with
+    (c_ratio, c_mean, c_sum) = (-1, 1, 0) for INTRA and INTER (c_mean = 0 without refinement)
+    and (0, 0, 1/2) for SAME_SAMPLE: one expression over all modes keeps the op count small.
+    """
+    pos_sum, neg_sum, pos_count, refine_sum = stats.unbind(-1)  # each (N, n_modes)
+    pos_count = pos_count.detach()  # a count: no gradient (design.md)
+    mean = 1.0 if refinement else 0.0
+    same = [mode == SAME_SAMPLE for mode in modes]
+    c_ratio, c_mean, c_sum = stats.new_tensor(
+        ([0.0 if s else -1.0 for s in same], [0.0 if s else mean for s in same],
+         [0.5 if s else 0.0 for s in same])).unbind()
+    # Anchors without a positive have pos_sum = refine_sum = 0, so they add exactly 0; the
+    # (pos_sum == 0) keeps their ratio 0 instead of 0/0 (also when similarities underflow).
+    ratio = pos_sum / (pos_sum + neg_sum + (pos_sum == 0))
+    per_anchor = torch.addcmul(ratio * c_ratio, refine_sum, c_mean / pos_count.clamp_min(1) + c_sum)
+    counts = torch.count_nonzero(pos_count, dim=0).to(stats.dtype)
+    return torch.stack((per_anchor.sum(0), counts))
+
+
+def pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg,
+               selection, refinement):
+    """Loss terms (2, len(modes)) of pair_sums (selection=False; h, gamma, select_pos and
+    select_neg are then ignored) or hard_pair_sums stats: see terms_from_stats."""
+    if selection:
+        stats = hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos,
+                               select_neg)
+    else:
+        stats = pair_sums(za, zc, a_ids, c_ids, modes, targets)
+    return terms_from_stats(stats, modes, refinement)
+
+
 def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
                lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
                select_negatives=True, refinement=True, backend="reference"):

@@ -166,16 +166,11 @@ def test_compiled_ext_loss_matches_eager(ext_ops, make_batch):
 
 def _fake_ops(available, calls):
     """Stands in for hycon_ext.ops: records calls and computes with the reference twins."""
-    def pair_sums(*args):
-        calls.append("pair_sums")
-        return reference.pair_sums(*args)
+    def pair_terms(*args):
+        calls.append(("pair_terms", args[10]))  # args[10]: selection
+        return reference.pair_terms(*args)
 
-    def hard_pair_sums(*args):
-        calls.append("hard_pair_sums")
-        return reference.hard_pair_sums(*args)
-
-    return types.SimpleNamespace(is_available=lambda device: available, pair_sums=pair_sums,
-                                 hard_pair_sums=hard_pair_sums)
+    return types.SimpleNamespace(is_available=lambda device: available, pair_terms=pair_terms)
 
 
 def test_auto_warns_once_and_falls_back_when_ext_is_unavailable(monkeypatch, make_batch):
@@ -208,7 +203,7 @@ def test_auto_uses_ext_when_available(monkeypatch, make_batch):
         warnings.simplefilter("error")
         hycon_loss(*batch)
         hycon_loss(*batch, pair_selection=True)
-    assert calls == ["pair_sums", "hard_pair_sums"]  # one op call per loss
+    assert calls == [("pair_terms", False), ("pair_terms", True)]  # one op call per loss
 
 
 @pytest.mark.parametrize("ops", [None, _fake_ops(False, [])])

@@ -71,6 +71,12 @@ def run_hard(module, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=A
                                                 select_pos, select_neg)
 
 
+def run_terms(module, a_ids, c_ids, selection, refinement, h=2, select_pos=True,
+              select_neg=True, gamma=1.0, modes=ALL_MODES, targets=TARGETS):
+    return lambda za, zc: module.pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma,
+                                            select_pos, select_neg, selection, refinement)
+
+
 # ---------------------------------------------------------------- values and gradients
 
 
@@ -188,6 +194,73 @@ def test_nan_propagates(hard):
     torch.testing.assert_close(stats, ref(za, zc), equal_nan=True)
 
 
+TERMS_OPTIONS = [(False, True), (False, False), (True, True), (True, False)]
+
+
+@pytest.mark.parametrize("pattern", ["random", "equal", "distinct"])
+@pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
+def test_pair_terms_matches_reference(pattern, selection, refinement):
+    za, zc, a_ids, c_ids = make_problem(7, pattern=pattern, seed=20,
+                                        anchor_rows=torch.arange(0, 21, 3))
+    terms = compare(run_terms(ops, a_ids, c_ids, selection, refinement),
+                    run_terms(reference, a_ids, c_ids, selection, refinement), za, zc)
+    assert terms.shape == (2, 3)
+    if pattern == "distinct":  # no positive anywhere: INTRA and INTER terms are exactly 0
+        assert terms[:, :2].eq(0).all()
+        assert terms[1, 2] == za.shape[0]
+
+
+@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
+def test_pair_terms_selection_sides_and_float32(select_pos, select_neg):
+    za, zc, a_ids, c_ids = make_problem(8, seed=21, dtype=torch.float32)
+    compare(run_terms(ops, a_ids, c_ids, True, True, h=3, select_pos=select_pos,
+                      select_neg=select_neg, gamma=0.7),
+            run_terms(reference, a_ids, c_ids, True, True, h=3, select_pos=select_pos,
+                      select_neg=select_neg, gamma=0.7), za, zc, atol=1e-5, rtol=1e-5)
+
+
+def test_pair_terms_equals_stats_combined_by_the_reference():
+    """The op's terms are the reference combine of the op's own stats (one semantics)."""
+    za, zc, a_ids, c_ids = make_problem(6, seed=22)
+    modes, targets = [SAME_SAMPLE, INTRA], [0.8, 1.0]  # any mode order
+    stats = ops.hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, 2, 1.0, True, True)
+    terms = ops.pair_terms(za, zc, a_ids, c_ids, modes, targets, 2, 1.0, True, True, True, True)
+    torch.testing.assert_close(terms, reference.terms_from_stats(stats, modes, True),
+                               atol=1e-12, rtol=1e-12)
+
+
+def test_pair_terms_zero_positive_sum_and_nan():
+    # Orthogonal one-hot rows: every similarity between distinct rows is 0, so anchors with
+    # positives have pos_sum == 0 and their ratio must be 0, not 0/0.
+    k = 3
+    zc = torch.eye(3 * k, dtype=torch.float64)
+    c_ids = row_descriptors(torch.zeros(k, dtype=torch.int64), 3)
+    terms = ops.pair_terms(zc, zc, c_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True,
+                           False, True)
+    assert torch.isfinite(terms).all()
+    torch.testing.assert_close(
+        terms, reference.pair_terms(zc, zc, c_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True,
+                                    True, False, True))
+    za, zc, a_ids, c_ids = make_problem(5, seed=23)
+    za = za.clone()
+    za[1, 0] = float("nan")
+    for selection in (False, True):
+        terms = run_terms(ops, a_ids, c_ids, selection, True)(za, zc)
+        assert terms[0].isnan().all()
+        assert not terms[1].isnan().any()  # counts stay counts
+
+
+@pytest.mark.skipif(not ops.is_available("cuda"), reason="no CUDA device")
+@pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
+def test_pair_terms_cuda_matches_cpu(selection, refinement):
+    """On CUDA the terms come from at:: ops instead of the CPU loops: same values and grads."""
+    za, zc, a_ids, c_ids = make_problem(9, seed=24)
+    za[0, 0] = float("nan")
+    cpu = run_terms(ops, a_ids, c_ids, selection, refinement)
+    gpu = run_terms(ops, a_ids.cuda(), c_ids.cuda(), selection, refinement)
+    compare(lambda a, c: gpu(a.cuda(), c.cuda()).cpu(), cpu, za, zc)
+
+
 def test_similarity_matches_reference():
     gen = torch.Generator().manual_seed(14)
     x = torch.randn(7, 5, generator=gen, dtype=torch.float64)
@@ -221,6 +294,15 @@ def test_gradcheck_hard_pair_sums(select_pos, select_neg):
     assert torch.autograd.gradcheck(lambda a, c: fn(a, c)[..., columns], tuple(leaves(za, zc)))
 
 
+@pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
+def test_gradcheck_pair_terms(selection, refinement):
+    za, zc, a_ids, c_ids = make_problem(6, d=4, seed=16, anchor_rows=torch.arange(0, 18, 2))
+    # select_pos=False: w_p is detached by definition, so finite differences would disagree
+    # with the gradient of the positive side (checked against the reference above).
+    fn = run_terms(ops, a_ids, c_ids, selection, refinement, select_pos=False)
+    assert torch.autograd.gradcheck(lambda a, c: fn(a, c)[0], tuple(leaves(za, zc)))
+
+
 # ---------------------------------------------------------------- opcheck
 
 
@@ -235,6 +317,9 @@ def _opcheck_cases():
     hc = torch.ops.hycon_ext
     # The backward ops have no double backward: they are checked without requires_grad.
     xd, yd, zad, zcd = (t.detach() for t in (x, y, za, zc))
+    _, stats, hard_state = hc.pair_terms(zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0,
+                                         True, True, True, False)
+    grad_terms = torch.randn(2, n_modes, dtype=torch.float64)
     return [
         (hc.similarity.default, (x, y)),
         (hc.similarity_backward.default, (torch.randn(4, 6, dtype=torch.float64), xd, yd)),
@@ -246,10 +331,17 @@ def _opcheck_cases():
         (hc.hard_pair_sums_backward.default,
          (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True,
           state.detach())),
+        (hc.pair_terms.default,
+         (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True, False, True)),
+        (hc.pair_terms.default,
+         (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 0.5, True, True, True, False)),
+        (hc.pair_terms_backward.default,
+         (grad_terms, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True, True, False,
+          stats, hard_state)),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(9))
 def test_opcheck(case):
     op, args = _opcheck_cases()[case]
     torch.library.opcheck(op, args)
@@ -286,11 +378,19 @@ def _bad_calls():
         (lambda: hc.hard_pair_sums_backward(grad, za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1.0,
                                             True, True, state[:, :, :6]), "state must have shape"),
         (lambda: hc.similarity(za, zc[None]), "y must be a 2-D"),
+        (lambda: hc.pair_terms(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True,
+                               True, True), "h must be >= 1"),
+        (lambda: hc.pair_terms_backward(grad[0, :2, :2], za, zc, a_ids, c_ids, ALL_MODES,
+                                        TARGETS, 1.0, True, True, False, True, grad, grad),
+         "grad_terms must have shape"),
+        (lambda: hc.pair_terms_backward(torch.zeros(2, 3, dtype=torch.float64), za, zc, a_ids,
+                                        c_ids, ALL_MODES, TARGETS, 1.0, True, True, False, True,
+                                        grad[:, :2], grad), "stats must have shape"),
         (lambda: hc.similarity_backward(grad[:, 0], za, zc), "grad must have shape"),
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(19))
 def test_bad_input_names_the_argument(case):
     call, message = _bad_calls()[case]
     with pytest.raises(RuntimeError, match=message):

@@ -1,0 +1,105 @@
+// Autograd for pair_terms at the Autograd key, so gradients also work from LibTorch C++.
+// stats and state are outputs without gradient; the backward turns d terms into d stats
+// with them and reuses the selection state instead of selecting again.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "../ops.h"
+
+namespace hycon_ext {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::Variable;
+using torch::autograd::variable_list;
+
+class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Variable& za, const Variable& zc,
+                               const Variable& a_ids, const Variable& c_ids,
+                               at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
+                               double gamma, bool select_pos, bool select_neg, bool selection,
+                               bool refinement) {
+    at::Tensor terms, stats, state;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(terms, stats, state) = pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma,
+                                                 select_pos, select_neg, selection, refinement);
+    }
+    ctx->save_for_backward({za, zc, a_ids, c_ids, stats, state});
+    ctx->saved_data["modes"] = modes.vec();
+    ctx->saved_data["targets"] = targets.vec();
+    ctx->saved_data["gamma"] = gamma;
+    ctx->saved_data["select_pos"] = select_pos;
+    ctx->saved_data["select_neg"] = select_neg;
+    ctx->saved_data["selection"] = selection;
+    ctx->saved_data["refinement"] = refinement;
+    ctx->mark_non_differentiable({stats, state});
+    return {terms, stats, state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto modes = ctx->saved_data["modes"].toIntVector();
+    const auto targets = ctx->saved_data["targets"].toDoubleVector();
+    auto [grad_za, grad_zc] = pair_terms_backward(
+        grads[0], saved[0], saved[1], saved[2], saved[3], modes, targets,
+        ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
+        ctx->saved_data["select_neg"].toBool(), ctx->saved_data["selection"].toBool(),
+        ctx->saved_data["refinement"].toBool(), saved[4], saved[5]);
+    // No gradient for the ids and the non-tensor arguments.
+    variable_list out(12);
+    out[0] = grad_za;
+    out[1] = grad_zc;
+    return out;
+  }
+};
+
+class PairTermsBackwardFunction : public torch::autograd::Function<PairTermsBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* /*ctx*/, const Variable& grad_terms,
+                               const Variable& za, const Variable& zc, const Variable& a_ids,
+                               const Variable& c_ids, at::IntArrayRef modes,
+                               at::ArrayRef<double> targets, double gamma, bool select_pos,
+                               bool select_neg, bool selection, bool refinement,
+                               const Variable& stats, const Variable& state) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [grad_za, grad_zc] =
+        pair_terms_backward(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma,
+                            select_pos, select_neg, selection, refinement, stats, state);
+    return {grad_za, grad_zc};
+  }
+
+  static variable_list backward(AutogradContext* /*ctx*/, const variable_list& /*grads*/) {
+    TORCH_CHECK(false, "hycon_ext::pair_terms does not support double backward");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_autograd(
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
+    double gamma, bool select_pos, bool select_neg, bool selection, bool refinement) {
+  const auto out = PairTermsFunction::apply(za, zc, a_ids, c_ids, modes, targets, h, gamma,
+                                            select_pos, select_neg, selection, refinement);
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_terms_backward_autograd(
+    const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
+    bool selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+  const auto out = PairTermsBackwardFunction::apply(grad_terms, za, zc, a_ids, c_ids, modes,
+                                                    targets, gamma, select_pos, select_neg,
+                                                    selection, refinement, stats, state);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hycon_ext, Autograd, m) {
+  m.impl("pair_terms", &pair_terms_autograd);
+  m.impl("pair_terms_backward", &pair_terms_backward_autograd);
+}
+
+}  // namespace hycon_ext
