@@ -124,7 +124,7 @@ def hycon_loss_distributed(x_l, x_a, x_v, labels, *, group=None, scale_for_ddp=T
     local = hycon_terms(z_anchor, z_cand, a_ids, c_ids, n_samples=k_global, **options)
 
     # One collective for sums and counts; float64 so counts stay exact in any input dtype.
-    totals = torch.cat((local.sums.detach(), local.counts)).to(torch.float64)
+    totals = torch.cat((local.sums, local.counts)).detach().to(torch.float64)
     dist.all_reduce(totals, group=group)
     g_sums, g_counts = totals.to(local.sums.dtype).chunk(2)
     local_part = terms_to_output(HyConTerms(local.sums, g_counts), lambdas)

@@ -198,8 +198,9 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
             _set_rank_rng(rank_rng[ctx.rank], ctx)
         else:  # one process (or another number of ranks: all continue from rank 0's state)
             torch.set_rng_state(ck["rng"])
-            if ck["cuda_rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(ck["cuda_rng"])
+            if ck["cuda_rng"] and torch.cuda.is_available():  # the checkpoint may come from more GPUs
+                for i, state in enumerate(ck["cuda_rng"][:torch.cuda.device_count()]):
+                    torch.cuda.set_rng_state(state, i)
         gen.set_state(ck["loader_rng"])
         start_epoch, best_loss, best_epoch, train_time = ck["epoch"] + 1, ck["best_loss"], ck["best_epoch"], ck["train_time"]
         log(f"seed {seed}: resumed from {last_path} after epoch {ck['epoch']}")
