@@ -22,9 +22,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .loss import (_N_MODALITIES, HyConOutput, HyConTerms, _check_inputs, _check_lambdas,
-                   hycon_loss, hycon_terms, terms_to_output)
-from .pairs import row_descriptors
+from .loss import (HyConOutput, HyConTerms, _check_inputs, _check_lambdas, hycon_loss,
+                   hycon_terms, terms_to_output)
+from .pairs import N_MODALITIES, row_descriptors
 
 
 class _GatherRows(torch.autograd.Function):
@@ -119,8 +119,8 @@ def hycon_loss_distributed(x_l, x_a, x_v, labels, *, group=None, scale_for_ddp=T
     k_global = sum(sizes)
     z_anchor = torch.softmax(local_rows.reshape(-1, x_l.shape[1]), dim=-1)
     z_cand = torch.softmax(cand_rows, dim=-1)
-    a_ids = row_descriptors(labels, _N_MODALITIES, sample_offset=sum(sizes[:rank]))
-    c_ids = row_descriptors(cand_labels, _N_MODALITIES)
+    a_ids = row_descriptors(labels, N_MODALITIES, sample_offset=sum(sizes[:rank]))
+    c_ids = row_descriptors(cand_labels, N_MODALITIES)
     local = hycon_terms(z_anchor, z_cand, a_ids, c_ids, n_samples=k_global, **options)
 
     # One collective for sums and counts; float64 so counts stay exact in any input dtype.

@@ -1,7 +1,7 @@
 """The public HyCon loss: validation, backend choice, and stats -> loss terms.
 
-Semantics and equations: docs/losses.md. Both backends compute the three terms with one
-`pair_terms` call (docs/design.md): the extension's op or its pure-PyTorch twin.
+Semantics and equations: docs/losses.md. hycon_loss makes one `loss_values` call and
+hycon_terms one `pair_terms` call (docs/design.md): the extension's op or its pure-PyTorch twin.
 """
 
 import numbers
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import reference
-from .pairs import INTER, INTRA, SAME_SAMPLE, row_descriptors, selection_size
+from .pairs import INTER, INTRA, SAME_SAMPLE, selection_size
 
 try:
     from . import ops as _ops
@@ -22,7 +22,6 @@ except ImportError:  # extension package not built (or ops.py absent): reference
 BACKENDS = ("auto", "ext", "reference")
 # One op call scores all three modes, in the order of HyConTerms.
 _MODES = [INTRA, INTER, SAME_SAMPLE]
-_N_MODALITIES = 3
 
 _warned_fallback = False
 
@@ -129,19 +128,11 @@ def _resolve_backend(backend, device):
 def terms_to_output(terms, lambdas=(1.0, 1.0, 1.0)):
     """HyConOutput from (possibly all-reduced) terms; a term with count 0 is 0."""
     _check_lambdas(lambdas)
-    means = terms.sums / terms.counts.clamp_min(1)
-    iamcl, iemcl, scl = means.unbind()
-    return HyConOutput((means * means.new_tensor(lambdas)).sum(), scl, iamcl, iemcl)
+    return HyConOutput(*reference.combine_terms(terms.sums, terms.counts, lambdas))
 
 
-def _terms(ops, z_anchor, z_cand, a_ids, c_ids, n_samples, alpha, beta, gamma,
-           pair_selection, select_positives, select_negatives, refinement):
-    targets = [1.0, float(alpha), float(alpha)]
-    h = selection_size(beta, n_samples) if pair_selection else 0
-    terms = ops.pair_terms(z_anchor, z_cand, a_ids, c_ids, _MODES, targets, h, float(gamma),
-                           bool(select_positives), bool(select_negatives), bool(pair_selection),
-                           bool(refinement))
-    return HyConTerms(terms[0], terms[1])
+def _selection_size(beta, n_samples, pair_selection):
+    return selection_size(beta, n_samples) if pair_selection else 0
 
 
 def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.2, gamma=1.0,
@@ -168,8 +159,12 @@ def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.
     if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
         raise ValueError(f"n_samples: expected a positive integer, got {n_samples!r}")
     ops = _resolve_backend(backend, z_anchor.device)
-    return _terms(ops, z_anchor, z_cand, a_ids, c_ids, n_samples, alpha, beta, gamma,
-                  pair_selection, select_positives, select_negatives, refinement)
+    targets = [1.0, float(alpha), float(alpha)]
+    terms = ops.pair_terms(z_anchor, z_cand, a_ids, c_ids, _MODES, targets,
+                           _selection_size(beta, n_samples, pair_selection), float(gamma),
+                           bool(select_positives), bool(select_negatives), bool(pair_selection),
+                           bool(refinement))
+    return HyConTerms(terms[0], terms[1])
 
 
 def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
@@ -183,12 +178,12 @@ def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
     """
     _check_inputs(x_l, x_a, x_v, labels)
     _check_options(alpha, beta, gamma, backend)
+    _check_lambdas(lambdas)
     ops = _resolve_backend(backend, x_l.device)
-    z = torch.softmax(torch.cat((x_l, x_a, x_v)), dim=-1)
-    ids = row_descriptors(labels.to(x_l.device), _N_MODALITIES)
-    terms = _terms(ops, z, z, ids, ids, x_l.shape[0], alpha, beta, gamma, pair_selection,
-                   select_positives, select_negatives, refinement)
-    return terms_to_output(terms, lambdas)
+    return HyConOutput(*ops.loss_values(
+        x_l, x_a, x_v, labels.to(x_l.device), alpha, lambdas,
+        _selection_size(beta, x_l.shape[0], pair_selection), gamma, select_positives,
+        select_negatives, pair_selection, refinement))
 
 
 class HyConLoss(nn.Module):

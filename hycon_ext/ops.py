@@ -5,6 +5,8 @@ schemas, the CPU/CUDA kernels and the autograd (C++, at the Autograd key). The f
 below give torch.compile / FakeTensor the output shapes. Semantics: docs/design.md.
 """
 
+import functools
+
 import torch
 
 try:
@@ -16,7 +18,7 @@ except ImportError as error:  # not built, or built against another torch
 
 _STAT_COLS = 4
 _STATE_COLS = 7
-_OP_NAMES = ("similarity", "pair_sums", "hard_pair_sums", "pair_terms")
+_OP_NAMES = ("similarity", "pair_sums", "hard_pair_sums", "pair_terms", "loss_values")
 _DISPATCH_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}
 
 
@@ -24,9 +26,13 @@ def is_available(device="cpu"):
     """True if hycon_ext._C loaded and has kernels for `device` (a torch.device or str)."""
     if _LOAD_ERROR is not None:
         return False
-    device = torch.device(device)
-    key = _DISPATCH_KEYS.get(device.type)
-    if key is None or (device.type == "cuda" and not torch.cuda.is_available()):
+    return _has_kernels(torch.device(device).type)
+
+
+@functools.lru_cache(maxsize=None)  # registrations are fixed once _C is loaded; lookups cost ~10 us
+def _has_kernels(device_type):
+    key = _DISPATCH_KEYS.get(device_type)
+    if key is None or (device_type == "cuda" and not torch.cuda.is_available()):
         return False
     return all(getattr(torch.ops.hycon_ext, name).default.has_kernel_for_dispatch_key(key)
                for name in _OP_NAMES)
@@ -72,6 +78,20 @@ def pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, selec
         za, zc, a_ids, c_ids, list(modes), [float(t) for t in targets], int(h), float(gamma),
         bool(select_pos), bool(select_neg), bool(selection), bool(refinement))
     return terms
+
+
+def loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
+                selection, refinement):
+    """(total, scl, iamcl, iemcl) of the three (K, d) batches: the whole loss in one op.
+
+    Modes (INTRA, INTER, SAME_SAMPLE) with targets (1, alpha, alpha); h, gamma, select_pos
+    and select_neg only matter with selection (pair_terms).
+    """
+    _require_built()
+    out = torch.ops.hycon_ext.loss_values(
+        x_l, x_a, x_v, labels, float(alpha), [float(v) for v in lambdas], int(h), float(gamma),
+        bool(select_pos), bool(select_neg), bool(selection), bool(refinement))
+    return out[:4]
 
 
 def _compute_dtype(dtype):
@@ -124,6 +144,23 @@ def _register_fakes():
     def _(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
           selection, refinement, stats, state):
         return torch.empty_like(za), torch.empty_like(zc)
+
+    @torch.library.register_fake(lib + "loss_values")
+    def _(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection,
+          refinement):
+        dtype = _compute_dtype(x_l.dtype)
+        rows = 3 * x_l.shape[0]
+        losses = [x_l.new_empty((), dtype=dtype) for _ in range(4)]
+        state_shape = (rows, 3, _STATE_COLS) if selection else (0,)
+        return (*losses, x_l.new_empty((rows, x_l.shape[1]), dtype=dtype),
+                x_l.new_empty((2, 3), dtype=dtype), x_l.new_empty((rows, 3, _STAT_COLS), dtype=dtype),
+                x_l.new_empty(state_shape, dtype=dtype))
+
+    @torch.library.register_fake(lib + "loss_values_backward")
+    def _(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg, selection,
+          refinement, terms, stats, state, dtype):
+        k = labels.shape[0]
+        return tuple(z.new_empty((k, z.shape[1]), dtype=dtype) for _ in range(3))
 
 
 if _LOAD_ERROR is None:

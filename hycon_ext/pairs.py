@@ -14,6 +14,8 @@ INTRA = 0  # IAMCL: same modality, other sample
 INTER = 1  # IEMCL: other modality
 SAME_SAMPLE = 2  # SCL: same sample, other modality, positives only
 
+N_MODALITIES = 3  # the loss's modalities: text, audio, visual (rows stacked in this order)
+
 # beta * K can land just below an integer in floating point (0.29 * 100 = 28.999999999999996);
 # such values count as that integer.
 _FLOOR_TOLERANCE = 1e-9

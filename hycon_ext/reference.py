@@ -7,7 +7,7 @@ Semantics: docs/design.md ("Pair modes", "Per-anchor statistics") and docs/losse
 
 import torch
 
-from .pairs import INTER, INTRA, SAME_SAMPLE
+from .pairs import INTER, INTRA, N_MODALITIES, SAME_SAMPLE, row_descriptors
 
 _MODES = (INTRA, INTER, SAME_SAMPLE)
 
@@ -174,6 +174,24 @@ def pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, selec
     else:
         stats = pair_sums(za, zc, a_ids, c_ids, modes, targets)
     return terms_from_stats(stats, modes, refinement)
+
+
+def combine_terms(sums, counts, lambdas):
+    """(total, scl, iamcl, iemcl) from per-mode term sums and counts ordered (iamcl, iemcl, scl):
+    term k = sums[k] / counts[k] (0 when counts[k] is 0), total = sum_k lambdas[k] * term k."""
+    means = sums / counts.clamp_min(1)
+    iamcl, iemcl, scl = means.unbind()
+    return (means * means.new_tensor(lambdas)).sum(), scl, iamcl, iemcl
+
+
+def loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
+                selection, refinement):
+    """(total, scl, iamcl, iemcl) of the three (K, d) batches (twin of ops.loss_values)."""
+    z = torch.softmax(torch.cat((x_l, x_a, x_v)), dim=-1)
+    ids = row_descriptors(labels, N_MODALITIES)
+    terms = pair_terms(z, z, ids, ids, _MODES, (1.0, alpha, alpha), h, gamma, select_pos,
+                       select_neg, selection, refinement)
+    return combine_terms(terms[0], terms[1], lambdas)
 
 
 def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,

@@ -166,11 +166,11 @@ def test_compiled_ext_loss_matches_eager(ext_ops, make_batch):
 
 def _fake_ops(available, calls):
     """Stands in for hycon_ext.ops: records calls and computes with the reference twins."""
-    def pair_terms(*args):
-        calls.append(("pair_terms", args[10]))  # args[10]: selection
-        return reference.pair_terms(*args)
+    def loss_values(*args):
+        calls.append(("loss_values", args[10]))  # args[10]: selection
+        return reference.loss_values(*args)
 
-    return types.SimpleNamespace(is_available=lambda device: available, pair_terms=pair_terms)
+    return types.SimpleNamespace(is_available=lambda device: available, loss_values=loss_values)
 
 
 def test_auto_warns_once_and_falls_back_when_ext_is_unavailable(monkeypatch, make_batch):
@@ -203,7 +203,7 @@ def test_auto_uses_ext_when_available(monkeypatch, make_batch):
         warnings.simplefilter("error")
         hycon_loss(*batch)
         hycon_loss(*batch, pair_selection=True)
-    assert calls == [("pair_terms", False), ("pair_terms", True)]  # one op call per loss
+    assert calls == [("loss_values", False), ("loss_values", True)]  # one op call per loss
 
 
 @pytest.mark.parametrize("ops", [None, _fake_ops(False, [])])

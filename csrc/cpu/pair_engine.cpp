@@ -53,16 +53,21 @@ struct Plan {
   Plan(at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel) {
     for (size_t k = 0; k < modes.size(); ++k) {
       const bool selectable = sel.enabled && modes[k] != SAME_SAMPLE;
-      ModeCfg mc{targets[k], selectable && sel.select_pos, selectable && sel.select_neg, {}};
+      ModeCfg mc{targets[k], selectable && sel.select_pos, selectable && sel.select_neg, {}, -1,
+                 -1};
       for (int rel = 0; rel < kRelations; ++rel) {
         // Descriptors that realise `rel` against the anchor (0, 0, 0).
         mc.kind[rel] = classify_pair(modes[k], 0, 0, 0, (rel & 1) ? 0 : 1, (rel & 2) ? 0 : 1,
                                      (rel & 4) ? 0 : 1);
-        if ((mc.kind[rel] == kPositive && mc.sel_pos) ||
-            (mc.kind[rel] == kNegative && mc.sel_neg)) {
-          selected[rel].push_back({static_cast<int>(k), mc.kind[rel] == kPositive});
-          any_sel_neg = any_sel_neg || mc.kind[rel] == kNegative;
+      }
+      for (const bool positive : {true, false}) {
+        if (!(positive ? mc.sel_pos : mc.sel_neg)) continue;
+        SelectedSide side{static_cast<int>(k), positive, {}};
+        for (int rel = 0; rel < kRelations; ++rel) {
+          side.member[rel] = mc.kind[rel] == (positive ? kPositive : kNegative);
         }
+        (positive ? mc.pos_side : mc.neg_side) = static_cast<int>(sides.size());
+        sides.push_back(side);
       }
       cfg.push_back(mc);
     }
@@ -72,14 +77,17 @@ struct Plan {
     bool sel_pos;  // top-h selection + detached softmax(1/(s+gamma)) weights on positives
     bool sel_neg;  // top-h selection + softmax(s) weights on negatives
     int kind[kRelations];
+    int pos_side, neg_side;  // index into sides, -1 without selection
   };
+  // A side whose pairs go through selection; sides are in mode order, so every pair's
+  // contributions are added in the same order in the forward and the backward.
   struct SelectedSide {
     int mode;
     bool positive;
+    bool member[kRelations];  // pairs of this relation belong to the side
   };
   std::vector<ModeCfg> cfg;
-  std::vector<SelectedSide> selected[kRelations];  // sides whose pairs go through selection
-  bool any_sel_neg = false;
+  std::vector<SelectedSide> sides;
 };
 
 template <typename scalar_t>
@@ -99,39 +107,78 @@ bool neg_before(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
   return a.s > b.s || (a.s == b.s && a.j < b.j);
 }
 
-// Per-thread accumulators for one anchor row, reused across rows.
+// The row passes avoid data-dependent branches: which relation a pair has is as good as
+// random, and mispredicted branches made them ~3x slower on data the predictor had not seen.
+// Sums go to kLanes interleaved accumulators so consecutive pairs do not wait on each other.
+constexpr int kLanes = 4;
+
+// Per-thread scratch for one anchor row, reused across rows.
 template <typename scalar_t>
 struct RowScratch {
-  explicit RowScratch(size_t n_modes) : pos(n_modes), neg(n_modes) {}
-  void reset() {
-    std::fill(std::begin(sum), std::end(sum), 0.0);
-    std::fill(std::begin(sq), std::end(sq), 0.0);
-    std::fill(std::begin(count), std::end(count), 0);
-    for (auto& p : pos) p.clear();
-    for (auto& q : neg) q.clear();
+  RowScratch(const Plan& plan, int64_t m)
+      : rel(m), candidates(plan.sides.size(), std::vector<Candidate<scalar_t>>(m)),
+        n_candidates(plan.sides.size()) {
+    if (!plan.sides.empty()) {
+      kept.resize(m);
+      sim.resize(m);
+      grad.resize(m);
+    }
   }
   double sum[kRelations], sq[kRelations];  // sum of s and s^2 per relation
   int64_t count[kRelations];
-  std::vector<std::vector<Candidate<scalar_t>>> pos, neg;  // non-NaN pairs of selected sides
+  std::vector<uint8_t> rel;  // relation of each candidate
+  std::vector<std::vector<Candidate<scalar_t>>> candidates;  // per side: its non-NaN pairs
+  std::vector<int64_t> n_candidates;
+  // Backward with selection: the row's similarities, gradients summed in double, and the
+  // candidate indices one side keeps.
+  std::vector<scalar_t> sim;
+  std::vector<double> grad;
+  std::vector<int64_t> kept;
 };
+
+// Relations of the row, and their sums of s and s^2 and counts, into r.
+template <typename scalar_t>
+void relation_sums(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
+                   RowScratch<scalar_t>& r) {
+  double sum[kLanes][kRelations] = {}, sq[kLanes][kRelations] = {};
+  int64_t count[kLanes][kRelations] = {};
+  for (int64_t j = 0; j < m; ++j) {
+    const int rel = relation(a, c_ids + j * kDescCols);
+    const int lane = static_cast<int>(j % kLanes);
+    const double s = s_row[j];
+    r.rel[j] = static_cast<uint8_t>(rel);
+    sum[lane][rel] += s;
+    sq[lane][rel] += s * s;
+    ++count[lane][rel];
+  }
+  for (int rel = 0; rel < kRelations; ++rel) {
+    r.sum[rel] = r.sq[rel] = 0;
+    r.count[rel] = 0;
+    for (int lane = 0; lane < kLanes; ++lane) {
+      r.sum[rel] += sum[lane][rel];
+      r.sq[rel] += sq[lane][rel];
+      r.count[rel] += count[lane][rel];
+    }
+  }
+}
 
 template <typename scalar_t>
 void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
                  const Plan& plan, const Selection& sel, scalar_t* stats, scalar_t* state,
                  RowScratch<scalar_t>& r) {
-  r.reset();
-  for (int64_t j = 0; j < m; ++j) {
-    const int rel = relation(a, c_ids + j * kDescCols);
-    const scalar_t s = s_row[j];
-    r.sum[rel] += s;
-    r.sq[rel] += static_cast<double>(s) * s;
-    ++r.count[rel];
-    const auto& sides = plan.selected[rel];
-    if (!sides.empty() && !std::isnan(s)) {  // NaN has no order: it never enters a selection
-      for (const auto& side : sides) {
-        (side.positive ? r.pos : r.neg)[side.mode].push_back({s, j});
-      }
+  relation_sums(s_row, m, a, c_ids, r);
+  // Each selected side's candidates, compacted without branches (NaN has no order: it
+  // never enters a selection).
+  for (size_t side = 0; side < plan.sides.size(); ++side) {
+    const bool* member = plan.sides[side].member;
+    Candidate<scalar_t>* out = r.candidates[side].data();
+    int64_t n = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      const scalar_t s = s_row[j];
+      out[n] = {s, j};
+      n += member[r.rel[j]] & !std::isnan(s);
     }
+    r.n_candidates[side] = n;
   }
   const double* sum = r.sum;
   const double* sq = r.sq;
@@ -162,10 +209,10 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
              j_n = static_cast<scalar_t>(m), m_p = 0, sum_p = 1, sum_n = 1;
     int64_t pos_count = n_pos;
     if (mc.sel_pos) {
-      auto& p = r.pos[k];
-      int64_t kept = static_cast<int64_t>(p.size());
+      Candidate<scalar_t>* p = r.candidates[mc.pos_side].data();
+      int64_t kept = r.n_candidates[mc.pos_side];
       if (kept > sel.h) {
-        std::nth_element(p.begin(), p.begin() + (sel.h - 1), p.end(), pos_before<scalar_t>);
+        std::nth_element(p, p + (sel.h - 1), p + kept, pos_before<scalar_t>);
         kept = sel.h;
         t_p = p[kept - 1].s;
         j_p = static_cast<scalar_t>(p[kept - 1].j);
@@ -189,10 +236,10 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       sum_p = static_cast<scalar_t>(z);
     }
     if (mc.sel_neg) {
-      auto& q = r.neg[k];
-      int64_t kept = static_cast<int64_t>(q.size());
+      Candidate<scalar_t>* q = r.candidates[mc.neg_side].data();
+      int64_t kept = r.n_candidates[mc.neg_side];
       if (kept > sel.h) {
-        std::nth_element(q.begin(), q.begin() + (sel.h - 1), q.end(), neg_before<scalar_t>);
+        std::nth_element(q, q + (sel.h - 1), q + kept, neg_before<scalar_t>);
         kept = sel.h;
         t_n = q[kept - 1].s;
         j_n = static_cast<scalar_t>(q[kept - 1].j);
@@ -237,7 +284,7 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
 template <typename scalar_t>
 void backward_row(scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
                   const Plan& plan, const Selection& sel, const scalar_t* grad,
-                  const scalar_t* state, std::vector<double>& neg_mean) {
+                  const scalar_t* state, RowScratch<scalar_t>& r) {
   // Unselected pairs: dL/ds = lin[rel] + slope[rel] * s (pos_sum, neg_sum, refine terms).
   double lin[kRelations] = {}, slope[kRelations] = {};
   for (size_t k = 0; k < plan.cfg.size(); ++k) {
@@ -253,57 +300,68 @@ void backward_row(scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c
       }
     }
   }
-  auto pos_kept = [](const scalar_t* sv, scalar_t s, int64_t j) {
-    return s < sv[kStateTp] ||
-           (s == sv[kStateTp] && static_cast<double>(j) <= static_cast<double>(sv[kStateJp]));
-  };
-  auto neg_kept = [](const scalar_t* sv, scalar_t s, int64_t j) {
-    return s > sv[kStateTn] ||
-           (s == sv[kStateTn] && static_cast<double>(j) <= static_cast<double>(sv[kStateJn]));
-  };
-
-  // d/ds_j sum_n s_n softmax(s)_n = w_j (1 + s_j - neg_sum): the kept negatives' weighted
-  // mean (neg_sum) needs a first pass.
-  std::fill(neg_mean.begin(), neg_mean.end(), 0.0);
-  if (plan.any_sel_neg) {
+  // slope is 0 for negatives: their gradient stays finite at a NaN similarity.
+  bool sloped[kRelations];
+  for (int rel = 0; rel < kRelations; ++rel) sloped[rel] = slope[rel] != 0;
+  if (plan.sides.empty()) {
     for (int64_t j = 0; j < m; ++j) {
-      const scalar_t s = s_row[j];
-      for (const auto& side : plan.selected[relation(a, c_ids + j * kDescCols)]) {
-        if (!side.positive && neg_kept(state + side.mode * kStateCols, s, j)) {
-          neg_mean[side.mode] += static_cast<double>(s) * std::exp(static_cast<double>(s));
-        }
-      }
+      const int rel = relation(a, c_ids + j * kDescCols);
+      const double p = slope[rel] * static_cast<double>(s_row[j]);
+      s_row[j] = static_cast<scalar_t>(lin[rel] + (sloped[rel] ? p : 0.0));
     }
-    for (size_t k = 0; k < plan.cfg.size(); ++k) {
-      if (plan.cfg[k].sel_neg) {
-        neg_mean[k] /= static_cast<double>(state[k * kStateCols + kStateSumN]);
-      }
-    }
+    return;
   }
 
+  // With selection the kept pairs of each side add more: keep the similarities for the
+  // kept-pair tests and sum each gradient in double before rounding it once.
   for (int64_t j = 0; j < m; ++j) {
     const int rel = relation(a, c_ids + j * kDescCols);
-    const double s = s_row[j];
-    // slope is 0 for negatives: their gradient stays finite at a NaN similarity.
-    double d = lin[rel] + (slope[rel] != 0 ? slope[rel] * s : 0.0);
-    for (const auto& side : plan.selected[rel]) {
-      const scalar_t* sv = state + side.mode * kStateCols;
-      const scalar_t* g = grad + side.mode * kStatCols;
-      if (side.positive) {
-        if (!pos_kept(sv, s_row[j], j)) continue;
-        const double w = std::exp(1.0 / (s + sel.gamma) - static_cast<double>(sv[kStateMp])) /
-                         static_cast<double>(sv[kStateSumP]);
+    const double p = slope[rel] * static_cast<double>(s_row[j]);
+    r.rel[j] = static_cast<uint8_t>(rel);
+    r.sim[j] = s_row[j];
+    r.grad[j] = lin[rel] + (sloped[rel] ? p : 0.0);
+  }
+  for (const auto& side : plan.sides) {
+    const scalar_t* sv = state + side.mode * kStateCols;
+    const scalar_t* g = grad + side.mode * kStatCols;
+    const scalar_t t = sv[side.positive ? kStateTp : kStateTn];
+    const double j_t = static_cast<double>(sv[side.positive ? kStateJp : kStateJn]);
+    int64_t n = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      const scalar_t s = r.sim[j];
+      const bool beyond = side.positive ? s < t : s > t;
+      r.kept[n] = j;
+      n += side.member[r.rel[j]] & (beyond | ((s == t) & (static_cast<double>(j) <= j_t)));
+    }
+    if (side.positive) {
+      const double m_p = sv[kStateMp], sum_p = sv[kStateSumP];
+      const double g_pos = g[kPosSum], g_ref = g[kRefineSum];
+      const double target = plan.cfg[side.mode].target;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t j = r.kept[i];
+        const double s = r.sim[j];
+        const double w = std::exp(1.0 / (s + sel.gamma) - m_p) / sum_p;
         // w_p is detached; the refinement term is unweighted.
-        d += static_cast<double>(g[kPosSum]) * w +
-             2.0 * static_cast<double>(g[kRefineSum]) * (s - plan.cfg[side.mode].target);
-      } else {
-        if (!neg_kept(sv, s_row[j], j)) continue;
-        const double w = std::exp(s) / static_cast<double>(sv[kStateSumN]);
-        d += static_cast<double>(g[kNegSum]) * w * (1.0 + s - neg_mean[side.mode]);
+        r.grad[j] += g_pos * w + 2.0 * g_ref * (s - target);
+      }
+    } else {
+      // d/ds_j sum_n s_n softmax(s)_n = w_j (1 + s_j - neg_sum).
+      const double sum_n = sv[kStateSumN], g_neg = g[kNegSum];
+      double neg_mean = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double s = r.sim[r.kept[i]];
+        neg_mean += s * std::exp(s);
+      }
+      neg_mean /= sum_n;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t j = r.kept[i];
+        const double s = r.sim[j];
+        const double w = std::exp(s) / sum_n;
+        r.grad[j] += g_neg * w * (1.0 + s - neg_mean);
       }
     }
-    s_row[j] = static_cast<scalar_t>(d);
   }
+  for (int64_t j = 0; j < m; ++j) s_row[j] = static_cast<scalar_t>(r.grad[j]);
 }
 
 }  // namespace
@@ -339,7 +397,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
       const at::Tensor s = chunk_similarities(za_c, zc_t, begin, rows, workspace);
       const scalar_t* s_ptr = s.data_ptr<scalar_t>();
       at::parallel_for(0, rows, row_grain(m), [&](int64_t r0, int64_t r1) {
-        RowScratch<scalar_t> scratch(plan.cfg.size());
+        RowScratch<scalar_t> scratch(plan, m);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = begin + r;
           forward_row<scalar_t>(s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, plan, sel,
@@ -384,13 +442,13 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
         at::Tensor ds = chunk_similarities(za_c, zc_t, begin, rows, workspace);
         scalar_t* ds_ptr = ds.data_ptr<scalar_t>();
         at::parallel_for(0, rows, row_grain(m), [&](int64_t r0, int64_t r1) {
-          std::vector<double> neg_mean(plan.cfg.size());
+          RowScratch<scalar_t> scratch(plan, m);
           for (int64_t r = r0; r < r1; ++r) {
             const int64_t i = begin + r;
             backward_row<scalar_t>(ds_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, plan, sel,
                                    grad_ptr + i * n_modes * kStatCols,
                                    state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
-                                   neg_mean);
+                                   scratch);
           }
         });
         // S = za zc^T: chunks run one after another, so accumulating into grad_zc is safe.

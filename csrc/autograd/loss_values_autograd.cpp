@@ -1,0 +1,114 @@
+// Autograd for loss_values at the Autograd key: one node for the whole loss. The softmax rows,
+// terms, stats and state are outputs without gradient that the backward reuses.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "../ops.h"
+
+namespace hycon_ext {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::Variable;
+using torch::autograd::variable_list;
+
+constexpr size_t kLosses = 4;  // total, scl, iamcl, iemcl
+
+class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Variable& x_l, const Variable& x_a,
+                               const Variable& x_v, const Variable& labels, double alpha,
+                               at::ArrayRef<double> lambdas, int64_t h, double gamma,
+                               bool select_pos, bool select_neg, bool selection,
+                               bool refinement) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [total, scl, iamcl, iemcl, z, terms, stats, state] =
+        loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
+                   selection, refinement);
+    ctx->save_for_backward({labels, z, terms, stats, state});
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["lambdas"] = lambdas.vec();
+    ctx->saved_data["gamma"] = gamma;
+    ctx->saved_data["select_pos"] = select_pos;
+    ctx->saved_data["select_neg"] = select_neg;
+    ctx->saved_data["selection"] = selection;
+    ctx->saved_data["refinement"] = refinement;
+    ctx->saved_data["dtype"] = x_l.scalar_type();
+    ctx->mark_non_differentiable({z, terms, stats, state});
+    return {total, scl, iamcl, iemcl, z, terms, stats, state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& terms = saved[2];
+    // Losses that do not reach the result get undefined gradients.
+    std::vector<at::Tensor> grad_losses;
+    for (size_t i = 0; i < kLosses; ++i) {
+      grad_losses.push_back(grads[i].defined() ? grads[i] : at::zeros({}, terms.options()));
+    }
+    const auto lambdas = ctx->saved_data["lambdas"].toDoubleVector();
+    auto [grad_l, grad_a, grad_v] = loss_values_backward(
+        at::stack(grad_losses), saved[0], saved[1], ctx->saved_data["alpha"].toDouble(),
+        lambdas, ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
+        ctx->saved_data["select_neg"].toBool(), ctx->saved_data["selection"].toBool(),
+        ctx->saved_data["refinement"].toBool(), terms, saved[3], saved[4],
+        ctx->saved_data["dtype"].toScalarType());
+    // No gradient for the labels and the non-tensor arguments.
+    variable_list out(12);
+    out[0] = grad_l;
+    out[1] = grad_a;
+    out[2] = grad_v;
+    return out;
+  }
+};
+
+class LossValuesBackwardFunction : public torch::autograd::Function<LossValuesBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* /*ctx*/, const Variable& grad_losses,
+                               const Variable& labels, const Variable& z, double alpha,
+                               at::ArrayRef<double> lambdas, double gamma, bool select_pos,
+                               bool select_neg, bool selection, bool refinement,
+                               const Variable& terms, const Variable& stats,
+                               const Variable& state, at::ScalarType dtype) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [grad_l, grad_a, grad_v] =
+        loss_values_backward(grad_losses, labels, z, alpha, lambdas, gamma, select_pos,
+                            select_neg, selection, refinement, terms, stats, state, dtype);
+    return {grad_l, grad_a, grad_v};
+  }
+
+  static variable_list backward(AutogradContext* /*ctx*/, const variable_list& /*grads*/) {
+    TORCH_CHECK(false, "hycon_ext::loss_values does not support double backward");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+loss_values_autograd(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
+                    const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
+                    int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
+                    bool refinement) {
+  const auto out = LossValuesFunction::apply(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma,
+                                            select_pos, select_neg, selection, refinement);
+  return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_autograd(
+    const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
+    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
+    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
+    const at::Tensor& state, at::ScalarType dtype) {
+  const auto out = LossValuesBackwardFunction::apply(grad_losses, labels, z, alpha, lambdas,
+                                                    gamma, select_pos, select_neg, selection,
+                                                    refinement, terms, stats, state, dtype);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hycon_ext, Autograd, m) {
+  m.impl("loss_values", &loss_values_autograd);
+  m.impl("loss_values_backward", &loss_values_backward_autograd);
+}
+
+}  // namespace hycon_ext
