@@ -261,6 +261,67 @@ def test_pair_terms_cuda_matches_cpu(selection, refinement):
     compare(lambda a, c: gpu(a.cuda(), c.cuda()).cpu(), cpu, za, zc)
 
 
+def loss_inputs(k, d=5, seed=25, dtype=torch.float64, n_classes=3):
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(k, d, generator=gen, dtype=torch.float64).to(dtype) for _ in range(3)]
+    return xs, torch.randint(0, n_classes, (k,), generator=gen)
+
+
+def run_loss_values(module, labels, selection, refinement, select_pos=True, select_neg=True,
+                    alpha=0.7, lambdas=(0.5, 2.0, 1.5), h=2, gamma=0.6):
+    return lambda *xs: torch.stack(module.loss_values(
+        *xs, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection, refinement))
+
+
+@pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
+@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
+def test_loss_values_match_reference(selection, refinement, select_pos, select_neg):
+    xs, labels = loss_inputs(7)
+    ext = run_loss_values(ops, labels, selection, refinement, select_pos, select_neg)
+    ref = run_loss_values(reference, labels, selection, refinement, select_pos, select_neg)
+    ext_leaves, ref_leaves = leaves(*xs), leaves(*xs)
+    out, out_ref = ext(*ext_leaves), ref(*ref_leaves)
+    torch.testing.assert_close(out, out_ref, atol=1e-10, rtol=1e-9)
+    weights = torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=torch.float64)
+    (out * weights).sum().backward()
+    (out_ref * weights).sum().backward()
+    for x, x_ref in zip(ext_leaves, ref_leaves):
+        torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("output", range(4))
+def test_loss_values_one_output_backward(output):
+    """Outputs that do not reach the result get no gradient (undefined in the C++ backward)."""
+    xs, labels = loss_inputs(6, seed=26)
+    ext_leaves, ref_leaves = leaves(*xs), leaves(*xs)
+    ops.loss_values(*ext_leaves, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, True,
+                    True)[output].backward()
+    reference.loss_values(*ref_leaves, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, True,
+                          True)[output].backward()
+    for x, x_ref in zip(ext_leaves, ref_leaves):
+        torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_loss_values_low_precision(dtype):
+    """Computed in float32 from the rounded inputs; gradients come back in the input dtype."""
+    xs, labels = loss_inputs(8, seed=27, dtype=dtype)
+    ext_leaves = leaves(*xs)
+    out = ops.loss_values(*ext_leaves, labels, 0.8, [1.0, 1.0, 1.0], 2, 1.0, True, True, True,
+                          True)
+    assert all(t.dtype == torch.float32 for t in out)
+    out[0].backward()
+    ref_leaves = leaves(*(x.double() for x in xs))
+    ref = reference.loss_values(*ref_leaves, labels, 0.8, [1.0, 1.0, 1.0], 2, 1.0, True, True,
+                                True, True)
+    ref[0].backward()
+    torch.testing.assert_close(torch.stack(out).double(), torch.stack(ref), atol=1e-5, rtol=1e-5)
+    for x, x_ref in zip(ext_leaves, ref_leaves):
+        assert x.grad.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(x.grad.double(), x_ref.grad, atol=tol, rtol=tol)
+
+
 def test_similarity_matches_reference():
     gen = torch.Generator().manual_seed(14)
     x = torch.randn(7, 5, generator=gen, dtype=torch.float64)
@@ -303,6 +364,14 @@ def test_gradcheck_pair_terms(selection, refinement):
     assert torch.autograd.gradcheck(lambda a, c: fn(a, c)[0], tuple(leaves(za, zc)))
 
 
+@pytest.mark.parametrize("selection", [False, True])
+def test_gradcheck_loss_values(selection):
+    # select_pos=False: w_p is detached by definition (see test_gradcheck_pair_terms).
+    xs, labels = loss_inputs(5, d=4, seed=28)
+    fn = run_loss_values(ops, labels, selection, True, select_pos=False)
+    assert torch.autograd.gradcheck(fn, tuple(leaves(*xs)))
+
+
 # ---------------------------------------------------------------- opcheck
 
 
@@ -320,6 +389,11 @@ def _opcheck_cases():
     _, stats, hard_state = hc.pair_terms(zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0,
                                          True, True, True, False)
     grad_terms = torch.randn(2, n_modes, dtype=torch.float64)
+    xs, labels = loss_inputs(4, d=3, seed=29)
+    x_leaves = leaves(*xs)
+    loss_args = (0.8, [1.0, 0.5, 2.0], 1, 1.0, True, True)
+    _, _, _, _, z, terms, loss_stats, loss_state = hc.loss_values(
+        *xs, labels, *loss_args, True, True)
     return [
         (hc.similarity.default, (x, y)),
         (hc.similarity_backward.default, (torch.randn(4, 6, dtype=torch.float64), xd, yd)),
@@ -338,10 +412,15 @@ def _opcheck_cases():
         (hc.pair_terms_backward.default,
          (grad_terms, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True, True, False,
           stats, hard_state)),
+        (hc.loss_values.default, (*x_leaves, labels, *loss_args, False, True)),
+        (hc.loss_values.default, (*x_leaves, labels, *loss_args, True, False)),
+        (hc.loss_values_backward.default,
+         (torch.randn(4, dtype=torch.float64), labels, z, 0.8, [1.0, 0.5, 2.0], 1.0, True, True,
+          True, True, terms, loss_stats, loss_state, torch.float64)),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(12))
 def test_opcheck(case):
     op, args = _opcheck_cases()[case]
     torch.library.opcheck(op, args)
@@ -356,6 +435,10 @@ def _bad_calls():
     grad = torch.zeros(9, 3, 4, dtype=torch.float64)
     _, state = hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True, True)
     pair = lambda *args: hc.pair_sums(*args)  # noqa: E731
+    (x_l, _, _), labels = loss_inputs(3, d=4)
+    loss = lambda *args: hc.loss_values(  # noqa: E731
+        *args, 0.8, [1.0] * 3, 1, 1.0, True, True, False, True)
+    _, _, _, _, z, terms, loss_stats, loss_state = loss(x_l, x_l, x_l, labels)
     return [
         (lambda: pair(za[0], zc, a_ids, c_ids, ALL_MODES, TARGETS), "za must be a 2-D"),
         (lambda: pair(za, zc.float(), a_ids, c_ids, ALL_MODES, TARGETS), "same dtype"),
@@ -387,10 +470,23 @@ def _bad_calls():
                                         c_ids, ALL_MODES, TARGETS, 1.0, True, True, False, True,
                                         grad[:, :2], grad), "stats must have shape"),
         (lambda: hc.similarity_backward(grad[:, 0], za, zc), "grad must have shape"),
+        (lambda: loss(x_l, x_l[:, :3], x_l, labels), "x_a must have the shape of x_l"),
+        (lambda: loss(x_l, x_l, x_l.float(), labels), "x_l and x_v must have the same dtype"),
+        (lambda: loss(x_l, x_l, x_l, labels.double()), "labels must hold integer class ids"),
+        (lambda: loss(x_l, x_l, x_l, labels[:2]), r"labels must have shape \(3,\)"),
+        (lambda: loss(x_l[:0], x_l[:0], x_l[:0], labels[:0]), "at least one sample"),
+        (lambda: hc.loss_values(x_l, x_l, x_l, labels, 0.8, [1.0], 1, 1.0, True, True, False,
+                                True), "lambdas must hold three weights"),
+        (lambda: hc.loss_values(x_l, x_l, x_l, labels, 0.8, [1.0] * 3, 0, 1.0, True, True, True,
+                                True), "h must be >= 1"),
+        (lambda: hc.loss_values_backward(torch.zeros(3), labels, z, 0.8, [1.0] * 3, 1.0, True,
+                                         True, False, True, terms, loss_stats, loss_state,
+                                         torch.float64),
+         "grad_losses must have shape"),
     ]
 
 
-@pytest.mark.parametrize("case", range(19))
+@pytest.mark.parametrize("case", range(27))
 def test_bad_input_names_the_argument(case):
     call, message = _bad_calls()[case]
     with pytest.raises(RuntimeError, match=message):

@@ -62,9 +62,9 @@ struct Plan {
       }
       for (const bool positive : {true, false}) {
         if (!(positive ? mc.sel_pos : mc.sel_neg)) continue;
-        SelectedSide side{static_cast<int>(k), positive, {}};
+        SelectedSide side{static_cast<int>(k), positive, 0};
         for (int rel = 0; rel < kRelations; ++rel) {
-          side.member[rel] = mc.kind[rel] == (positive ? kPositive : kNegative);
+          if (mc.kind[rel] == (positive ? kPositive : kNegative)) side.members |= 1u << rel;
         }
         (positive ? mc.pos_side : mc.neg_side) = static_cast<int>(sides.size());
         sides.push_back(side);
@@ -84,7 +84,7 @@ struct Plan {
   struct SelectedSide {
     int mode;
     bool positive;
-    bool member[kRelations];  // pairs of this relation belong to the side
+    unsigned members;  // bit rel: pairs of relation rel belong to the side
   };
   std::vector<ModeCfg> cfg;
   std::vector<SelectedSide> sides;
@@ -98,13 +98,39 @@ struct Candidate {
 
 // design.md order: positives by (s ascending, j ascending), negatives by (s descending,
 // j ascending); the first h are kept.
-template <typename scalar_t>
-bool pos_before(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
-  return a.s < b.s || (a.s == b.s && a.j < b.j);
-}
-template <typename scalar_t>
-bool neg_before(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
-  return a.s > b.s || (a.s == b.s && a.j < b.j);
+// (Function objects, not function pointers, so the selection inlines them.)
+struct PosBefore {
+  template <typename scalar_t>
+  bool operator()(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) const {
+    return a.s < b.s || (a.s == b.s && a.j < b.j);
+  }
+};
+struct NegBefore {
+  template <typename scalar_t>
+  bool operator()(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) const {
+    return a.s > b.s || (a.s == b.s && a.j < b.j);
+  }
+};
+
+// Moves the first h of c[0, n) in `before` order to c[0, h), with the h-th at c[h - 1]
+// (0 < h < n). nth_element's partitions mispredict about every other comparison; for small h a
+// running top-h list rejects most candidates with one well-predicted comparison instead.
+constexpr int64_t kInsertionMaxH = 16;
+template <typename scalar_t, typename Before>
+void select_first(Candidate<scalar_t>* c, int64_t n, int64_t h, Before before) {
+  if (h > kInsertionMaxH) {
+    std::nth_element(c, c + (h - 1), c + n, before);
+    return;
+  }
+  std::sort(c, c + h, before);
+  for (int64_t i = h; i < n; ++i) {
+    if (!before(c[i], c[h - 1])) continue;
+    const Candidate<scalar_t> x = c[i];
+    c[i] = c[h - 1];
+    int64_t at = h - 1;
+    for (; at > 0 && before(x, c[at - 1]); --at) c[at] = c[at - 1];
+    c[at] = x;
+  }
 }
 
 // The row passes avoid data-dependent branches: which relation a pair has is as good as
@@ -116,13 +142,19 @@ constexpr int kLanes = 4;
 template <typename scalar_t>
 struct RowScratch {
   RowScratch(const Plan& plan, int64_t m)
-      : rel(m), candidates(plan.sides.size(), std::vector<Candidate<scalar_t>>(m)),
-        n_candidates(plan.sides.size()) {
+      : rel(m), candidates(plan.sides.size() + 1, std::vector<Candidate<scalar_t>>(m)),
+        n_candidates(plan.sides.size() + 1) {
     if (!plan.sides.empty()) {
-      kept.resize(m);
+      kept.assign(plan.sides.size() + 1, std::vector<int64_t>(m));
+      n_kept.resize(plan.sides.size() + 1);
       sim.resize(m);
       grad.resize(m);
     }
+  }
+  // Buffer slot of a mode's positive / negative side; sides without selection write to the
+  // last (discarded) slot, so the compaction loops need no branch.
+  static int slot(const Plan& plan, int side) {
+    return side >= 0 ? side : static_cast<int>(plan.sides.size());
   }
   double sum[kRelations], sq[kRelations];  // sum of s and s^2 per relation
   int64_t count[kRelations];
@@ -133,7 +165,8 @@ struct RowScratch {
   // candidate indices one side keeps.
   std::vector<scalar_t> sim;
   std::vector<double> grad;
-  std::vector<int64_t> kept;
+  std::vector<std::vector<int64_t>> kept;  // per side: the indices of its kept pairs
+  std::vector<int64_t> n_kept;
 };
 
 // Relations of the row, and their sums of s and s^2 and counts, into r.
@@ -167,18 +200,29 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
                  const Plan& plan, const Selection& sel, scalar_t* stats, scalar_t* state,
                  RowScratch<scalar_t>& r) {
   relation_sums(s_row, m, a, c_ids, r);
-  // Each selected side's candidates, compacted without branches (NaN has no order: it
-  // never enters a selection).
-  for (size_t side = 0; side < plan.sides.size(); ++side) {
-    const bool* member = plan.sides[side].member;
-    Candidate<scalar_t>* out = r.candidates[side].data();
-    int64_t n = 0;
+  // Each selected side's candidates, compacted without branches: every pair is written to
+  // both of its mode's buffers and kept where it belongs (NaN has no order: it never enters
+  // a selection).
+  for (const auto& mc : plan.cfg) {
+    if (!mc.sel_pos && !mc.sel_neg) continue;
+    const int ps = RowScratch<scalar_t>::slot(plan, mc.pos_side);
+    const int ns = RowScratch<scalar_t>::slot(plan, mc.neg_side);
+    const unsigned pos_members = mc.sel_pos ? plan.sides[ps].members : 0u;
+    const unsigned neg_members = mc.sel_neg ? plan.sides[ns].members : 0u;
+    Candidate<scalar_t>* p = r.candidates[ps].data();
+    Candidate<scalar_t>* q = r.candidates[ns].data();
+    int64_t np = 0, nq = 0;
     for (int64_t j = 0; j < m; ++j) {
       const scalar_t s = s_row[j];
-      out[n] = {s, j};
-      n += member[r.rel[j]] & !std::isnan(s);
+      const unsigned valid = !std::isnan(s);
+      const unsigned rel = r.rel[j];
+      p[np] = {s, j};
+      q[nq] = {s, j};
+      np += (pos_members >> rel) & valid;
+      nq += (neg_members >> rel) & valid;
     }
-    r.n_candidates[side] = n;
+    r.n_candidates[ps] = np;
+    r.n_candidates[ns] = nq;
   }
   const double* sum = r.sum;
   const double* sq = r.sq;
@@ -212,7 +256,7 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       Candidate<scalar_t>* p = r.candidates[mc.pos_side].data();
       int64_t kept = r.n_candidates[mc.pos_side];
       if (kept > sel.h) {
-        std::nth_element(p, p + (sel.h - 1), p + kept, pos_before<scalar_t>);
+        select_first(p, kept, sel.h, PosBefore{});
         kept = sel.h;
         t_p = p[kept - 1].s;
         j_p = static_cast<scalar_t>(p[kept - 1].j);
@@ -239,7 +283,7 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       Candidate<scalar_t>* q = r.candidates[mc.neg_side].data();
       int64_t kept = r.n_candidates[mc.neg_side];
       if (kept > sel.h) {
-        std::nth_element(q, q + (sel.h - 1), q + kept, neg_before<scalar_t>);
+        select_first(q, kept, sel.h, NegBefore{});
         kept = sel.h;
         t_n = q[kept - 1].s;
         j_n = static_cast<scalar_t>(q[kept - 1].j);
@@ -321,24 +365,47 @@ void backward_row(scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c
     r.sim[j] = s_row[j];
     r.grad[j] = lin[rel] + (sloped[rel] ? p : 0.0);
   }
-  for (const auto& side : plan.sides) {
-    const scalar_t* sv = state + side.mode * kStateCols;
-    const scalar_t* g = grad + side.mode * kStatCols;
-    const scalar_t t = sv[side.positive ? kStateTp : kStateTn];
-    const double j_t = static_cast<double>(sv[side.positive ? kStateJp : kStateJn]);
-    int64_t n = 0;
+  // Each selected side's kept pairs (design.md thresholds), compacted as in the forward.
+  for (size_t k = 0; k < plan.cfg.size(); ++k) {
+    const auto& mc = plan.cfg[k];
+    if (!mc.sel_pos && !mc.sel_neg) continue;
+    const scalar_t* sv = state + k * kStateCols;
+    const int ps = RowScratch<scalar_t>::slot(plan, mc.pos_side);
+    const int ns = RowScratch<scalar_t>::slot(plan, mc.neg_side);
+    const unsigned pos_members = mc.sel_pos ? plan.sides[ps].members : 0u;
+    const unsigned neg_members = mc.sel_neg ? plan.sides[ns].members : 0u;
+    const scalar_t t_p = sv[kStateTp], t_n = sv[kStateTn];
+    const double j_p = static_cast<double>(sv[kStateJp]);
+    const double j_n = static_cast<double>(sv[kStateJn]);
+    int64_t* p = r.kept[ps].data();
+    int64_t* q = r.kept[ns].data();
+    int64_t np = 0, nq = 0;
     for (int64_t j = 0; j < m; ++j) {
       const scalar_t s = r.sim[j];
-      const bool beyond = side.positive ? s < t : s > t;
-      r.kept[n] = j;
-      n += side.member[r.rel[j]] & (beyond | ((s == t) & (static_cast<double>(j) <= j_t)));
+      const unsigned rel = r.rel[j];
+      const double jd = static_cast<double>(j);
+      const unsigned pos_kept = (s < t_p) | ((s == t_p) & (jd <= j_p));
+      const unsigned neg_kept = (s > t_n) | ((s == t_n) & (jd <= j_n));
+      p[np] = j;
+      q[nq] = j;
+      np += (pos_members >> rel) & pos_kept;
+      nq += (neg_members >> rel) & neg_kept;
     }
+    r.n_kept[ps] = np;
+    r.n_kept[ns] = nq;
+  }
+  for (size_t side_index = 0; side_index < plan.sides.size(); ++side_index) {
+    const auto& side = plan.sides[side_index];
+    const scalar_t* sv = state + side.mode * kStateCols;
+    const scalar_t* g = grad + side.mode * kStatCols;
+    const int64_t* kept = r.kept[side_index].data();
+    const int64_t n = r.n_kept[side_index];
     if (side.positive) {
       const double m_p = sv[kStateMp], sum_p = sv[kStateSumP];
       const double g_pos = g[kPosSum], g_ref = g[kRefineSum];
       const double target = plan.cfg[side.mode].target;
       for (int64_t i = 0; i < n; ++i) {
-        const int64_t j = r.kept[i];
+        const int64_t j = kept[i];
         const double s = r.sim[j];
         const double w = std::exp(1.0 / (s + sel.gamma) - m_p) / sum_p;
         // w_p is detached; the refinement term is unweighted.
@@ -349,12 +416,12 @@ void backward_row(scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c
       const double sum_n = sv[kStateSumN], g_neg = g[kNegSum];
       double neg_mean = 0;
       for (int64_t i = 0; i < n; ++i) {
-        const double s = r.sim[r.kept[i]];
+        const double s = r.sim[kept[i]];
         neg_mean += s * std::exp(s);
       }
       neg_mean /= sum_n;
       for (int64_t i = 0; i < n; ++i) {
-        const int64_t j = r.kept[i];
+        const int64_t j = kept[i];
         const double s = r.sim[j];
         const double w = std::exp(s) / sum_n;
         r.grad[j] += g_neg * w * (1.0 + s - neg_mean);
