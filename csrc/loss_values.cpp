@@ -175,6 +175,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
   TORCH_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == 4,
               "grad_losses must have shape (4,) [total, scl, iamcl, iemcl], got ",
               grad_losses.sizes());
+  TORCH_CHECK(grad_losses.device() == z.device() && at::isFloatingType(grad_losses.scalar_type()),
+              "grad_losses must be a floating tensor on the device of z (", z.device(), "), got ",
+              grad_losses.scalar_type(), " on ", grad_losses.device());
+  TORCH_CHECK(labels.device() == z.device(), "labels must be on the device of z (", z.device(),
+              "), got ", labels.device());
   TORCH_CHECK(terms.dim() == 2 && terms.size(0) == 2 && terms.size(1) == 3,
               "terms must have shape (2, 3), got ", terms.sizes());
   TORCH_CHECK(lambdas.size() == 3, "lambdas must hold three weights, got ", lambdas.size());

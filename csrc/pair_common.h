@@ -149,4 +149,25 @@ inline void check_row_table(const at::Tensor& t, const char* name, const at::Ten
               t.scalar_type());
 }
 
+// The backward ops' arguments, checked alike by the CPU and CUDA kernels.
+inline void check_pair_sums_backward_args(const at::Tensor& grad_stats, const at::Tensor& za,
+                                          const at::Tensor& zc, const at::Tensor& a_ids,
+                                          const at::Tensor& c_ids, at::IntArrayRef modes,
+                                          at::ArrayRef<double> targets) {
+  check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
+  check_row_table(grad_stats, "grad_stats", za, static_cast<int64_t>(modes.size()), kStatCols);
+}
+
+inline void check_hard_pair_sums_backward_args(
+    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets, double gamma, const at::Tensor& state) {
+  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
+  check_selection_args(/*h=*/1, gamma);
+  check_row_table(state, "state", za, static_cast<int64_t>(modes.size()), kStateCols);
+  const auto dtype = compute_dtype(za.scalar_type());
+  TORCH_CHECK(state.scalar_type() == dtype, "state must have dtype ", dtype,
+              " (the forward's compute dtype), got ", state.scalar_type());
+}
+
 }  // namespace hycon_ext

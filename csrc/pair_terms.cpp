@@ -186,6 +186,10 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward_kernel(
   TORCH_CHECK(grad_terms.dim() == 2 && grad_terms.size(0) == 2 &&
                   grad_terms.size(1) == n_modes,
               "grad_terms must have shape (2, ", n_modes, "), got ", grad_terms.sizes());
+  TORCH_CHECK(grad_terms.device() == za.device(), "grad_terms must be on the device of za (",
+              za.device(), "), got ", grad_terms.device());
+  TORCH_CHECK(at::isFloatingType(grad_terms.scalar_type()),
+              "grad_terms must be a floating tensor, got ", grad_terms.scalar_type());
   at::AutoDispatchBelowADInplaceOrView guard;
   // d term / d stats per anchor; the counts row of terms has no gradient.
   const auto coef = term_coefficients(modes, refinement);

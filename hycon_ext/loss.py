@@ -148,14 +148,23 @@ def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.
     """
     _check_options(alpha, beta, gamma, backend)
     for name, z in (("z_anchor", z_anchor), ("z_cand", z_cand)):
-        if not isinstance(z, torch.Tensor) or z.dim() != 2:
-            raise ValueError(f"{name}: expected a 2-D tensor of softmax-normalised rows")
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or not z.is_floating_point():
+            raise ValueError(f"{name}: expected a 2-D floating tensor of softmax-normalised rows")
     if z_cand.shape[1] != z_anchor.shape[1]:
         raise ValueError(
             f"z_cand: expected {z_anchor.shape[1]} features like z_anchor, got {z_cand.shape[1]}")
+    if z_cand.dtype != z_anchor.dtype or z_cand.device != z_anchor.device:
+        raise ValueError(f"z_cand: expected the dtype and device of z_anchor ({z_anchor.dtype}, "
+                         f"{z_anchor.device}), got {z_cand.dtype}, {z_cand.device}")
     for name, ids, z in (("a_ids", a_ids, z_anchor), ("c_ids", c_ids, z_cand)):
+        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
+            raise TypeError(f"{name}: expected an int64 tensor of row descriptors "
+                            "(pairs.row_descriptors)")
         if ids.shape != (z.shape[0], 3):
             raise ValueError(f"{name}: expected shape ({z.shape[0]}, 3), got {tuple(ids.shape)}")
+        if ids.device != z_anchor.device:
+            raise ValueError(
+                f"{name}: expected the device of z_anchor ({z_anchor.device}), got {ids.device}")
     if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
         raise ValueError(f"n_samples: expected a positive integer, got {n_samples!r}")
     ops = _resolve_backend(backend, z_anchor.device)

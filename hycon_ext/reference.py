@@ -17,7 +17,7 @@ def similarity(x, y):
     return torch.softmax(x, dim=-1) @ torch.softmax(y, dim=-1).T
 
 
-def _pair_masks(a_ids, c_ids, modes):
+def pair_masks(a_ids, c_ids, modes):
     """Positive and negative masks, each (len(modes), N, M) bool."""
     same_class = a_ids[:, None, 0] == c_ids[None, :, 0]
     same_modality = a_ids[:, None, 1] == c_ids[None, :, 1]
@@ -78,7 +78,7 @@ def pair_sums(za, zc, a_ids, c_ids, modes, targets):
     """
     _check_modes(modes, targets)
     s = za @ zc.T
-    positives, negatives = _pair_masks(a_ids, c_ids, modes)
+    positives, negatives = pair_masks(a_ids, c_ids, modes)
     target = torch.tensor(targets, dtype=s.dtype, device=s.device)[:, None, None]
     pos_sum, neg_sum, pos_count, refine_sum = _plain_sums(s, positives, negatives, target)
     return _stack_stats(pos_sum, neg_sum, pos_count, refine_sum, _poison(pos_sum, neg_sum))
@@ -118,8 +118,10 @@ def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, s
     _check_modes(modes, targets)
     if h < 1:
         raise ValueError(f"h: expected at least 1 pair kept per side, got {h}")
+    if not gamma > 0:  # 1 / (s + gamma) must stay finite for s in [0, 1]
+        raise ValueError(f"gamma: expected a number > 0, got {gamma!r}")
     s = za @ zc.T
-    positives, negatives = _pair_masks(a_ids, c_ids, modes)
+    positives, negatives = pair_masks(a_ids, c_ids, modes)
     target = torch.tensor(targets, dtype=s.dtype, device=s.device)[:, None, None]
     pos_sum, neg_sum, pos_count, refine_sum = _plain_sums(s, positives, negatives, target)
     poison = _poison(pos_sum, neg_sum)

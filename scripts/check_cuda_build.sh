@@ -46,7 +46,8 @@ import torch
 
 torch.ops.load_library(sys.argv[1])
 ops = ["similarity", "similarity_backward", "pair_sums", "pair_sums_backward",
-       "hard_pair_sums", "hard_pair_sums_backward"]
+       "hard_pair_sums", "hard_pair_sums_backward", "pair_terms", "pair_terms_backward",
+       "loss_values", "loss_values_backward"]
 missing = [(op, key) for op in ops for key in ("CPU", "CUDA")
            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"hycon_ext::{op}", key)]
 assert not missing, f"ops without a kernel: {missing}"

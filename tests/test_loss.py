@@ -247,6 +247,23 @@ def test_bad_input_errors_name_the_argument(make_batch):
             hycon_loss(*args, **{"backend": "reference", **options})
 
 
+def test_hycon_terms_bad_input_names_the_argument():
+    z = torch.softmax(torch.randn(6, 4, dtype=torch.float64), -1)
+    ids = pairs.row_descriptors(torch.tensor([0, 1]), 3)
+    cases = [
+        ((z.long(), z, ids, ids), ValueError, "z_anchor: expected a 2-D floating"),
+        ((z, z[:, :3], ids, ids), ValueError, "z_cand: expected 4 features"),
+        ((z, z.float(), ids, ids), ValueError, "z_cand: expected the dtype and device"),
+        ((z, z, ids.int(), ids), TypeError, "a_ids: expected an int64 tensor"),
+        ((z, z, ids, ids.tolist()), TypeError, "c_ids: expected an int64 tensor"),
+        ((z, z, ids[:5], ids), ValueError, r"a_ids: expected shape \(6, 3\)"),
+        ((z, z, ids, ids.to("meta")), ValueError, r"c_ids: expected the device of z_anchor"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            hycon_terms(*args, n_samples=2, backend="reference")
+
+
 def test_module_validates_options_at_construction():
     with pytest.raises(ValueError, match="beta: expected"):
         HyConLoss(beta=2.0)

@@ -483,10 +483,17 @@ def _bad_calls():
                                          True, False, True, terms, loss_stats, loss_state,
                                          torch.float64),
          "grad_losses must have shape"),
+        (lambda: hc.loss_values_backward(torch.zeros(4, dtype=torch.int64), labels, z, 0.8,
+                                         [1.0] * 3, 1.0, True, True, False, True, terms,
+                                         loss_stats, loss_state, torch.float64),
+         "grad_losses must be a floating tensor"),
+        (lambda: hc.pair_terms_backward(torch.zeros(2, 3, dtype=torch.int64), za, zc, a_ids,
+                                        c_ids, ALL_MODES, TARGETS, 1.0, True, True, False, True,
+                                        grad, grad), "grad_terms must be a floating tensor"),
     ]
 
 
-@pytest.mark.parametrize("case", range(27))
+@pytest.mark.parametrize("case", range(29))
 def test_bad_input_names_the_argument(case):
     call, message = _bad_calls()[case]
     with pytest.raises(RuntimeError, match=message):

@@ -178,6 +178,8 @@ def test_unknown_mode_and_mismatched_targets_are_rejected():
         reference.pair_sums(z, z, ids, ids, MODES, [1.0])
     with pytest.raises(ValueError, match="h: expected at least 1"):
         reference.hard_pair_sums(z, z, ids, ids, MODES, [1.0] * 3, 0, 1.0, True, True)
+    with pytest.raises(ValueError, match="gamma: expected a number > 0"):
+        reference.pair_terms(z, z, ids, ids, MODES, [1.0] * 3, 1, 0.0, True, True, True, True)
 
 
 def test_reference_hycon_loss_is_the_reference_backend(make_batch):

@@ -50,24 +50,6 @@ def task_loss(output, labels, task):
     return F.cross_entropy(output.reshape(-1, 2), labels.reshape(-1).long())
 
 
-def _pair_masks(classes, n_modalities=3):
-    """Dense (R, R) positive/negative masks of IAMCL (intra) and IEMCL (inter), docs/design.md."""
-    k = classes.shape[0]
-    dev = classes.device
-    mod = torch.arange(n_modalities, device=dev).repeat_interleave(k)
-    smp = torch.arange(k, device=dev).repeat(n_modalities)
-    cls = classes.repeat(n_modalities)
-    same_mod = mod[:, None] == mod[None, :]
-    same_smp = smp[:, None] == smp[None, :]
-    same_cls = cls[:, None] == cls[None, :]
-    intra = same_mod & ~same_smp
-    inter = ~same_mod
-    return {
-        "intra": (intra & same_cls, intra & ~same_cls),
-        "inter": (inter & same_cls & ~same_smp, inter & ~same_cls),
-    }
-
-
 def _pick_random(mask):
     """One column per row drawn uniformly from the True entries (rows without any: column 0)."""
     has = mask.any(1)
@@ -112,10 +94,14 @@ def comparison_loss(kind, x_l, x_a, x_v, classes):
     random positive and one random negative; hard-triplet the hardest of each."""
     if kind not in COMPARISON_LOSSES:
         raise ValueError(f"kind: expected one of {COMPARISON_LOSSES}, got {kind!r}")
+    from hycon_ext.pairs import INTER, INTRA, N_MODALITIES, row_descriptors
+    from hycon_ext.reference import pair_masks
+
     z = torch.softmax(torch.cat([x_l, x_a, x_v], 0), dim=-1)
     sim = z @ z.T
-    masks = _pair_masks(classes)
-    return tuple(_comparison_term(kind, z, sim, *masks[m]) for m in ("intra", "inter"))
+    ids = row_descriptors(classes, N_MODALITIES)
+    positives, negatives = pair_masks(ids, ids, [INTRA, INTER])  # docs/design.md pair modes
+    return tuple(_comparison_term(kind, z, sim, positives[m], negatives[m]) for m in range(2))
 
 
 def hybrid_loss(x_l, x_a, x_v, classes, *, loss="hycon", alpha=0.8, beta=0.2, gamma=1.0,

@@ -21,14 +21,8 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward_cpu(
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
     const at::Tensor& state) {
-  check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
-  check_selection_args(/*h=*/1, gamma);
-  const int64_t n_modes = static_cast<int64_t>(modes.size());
-  check_row_table(grad_stats, "grad_stats", za, n_modes, kStatCols);
-  check_row_table(state, "state", za, n_modes, kStateCols);
-  const auto dtype = compute_dtype(za.scalar_type());
-  TORCH_CHECK(state.scalar_type() == dtype, "state must have dtype ", dtype,
-              " (the forward's compute dtype), got ", state.scalar_type());
+  check_hard_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
+                                     state);
   // h only matters to the forward: the state already records the selection.
   const cpu::Selection sel{true, 0, gamma, select_pos, select_neg};
   return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, sel, state);

@@ -17,8 +17,7 @@ std::tuple<at::Tensor, at::Tensor> pair_sums_backward_cpu(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets) {
-  check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
-  check_row_table(grad_stats, "grad_stats", za, static_cast<int64_t>(modes.size()), kStatCols);
+  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
   return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, {},
                                   at::Tensor());
 }

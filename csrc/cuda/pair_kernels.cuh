@@ -81,10 +81,6 @@ struct MinOp {
   template <typename V>
   __device__ V operator()(V a, V b) const { return b < a ? b : a; }
 };
-struct MaxOp {
-  template <typename V>
-  __device__ V operator()(V a, V b) const { return b > a ? b : a; }
-};
 
 // Reduces NV values per thread across the block; smem holds kWarps * NV values.
 template <typename V, int NV, typename Op>
@@ -235,14 +231,15 @@ __device__ Key block_select(int64_t m, unsigned k, InSet in_set, SelectScratch& 
 }
 
 // Keep tests of docs/design.md's state: positives up to (t_p, j_p), negatives down to (t_n, j_n).
-// A NaN similarity is never kept (as on the CPU: it never enters a selection).
+// A NaN similarity is never kept (as on the CPU: it never enters a selection). The index is
+// compared in double, as on the CPU: float32 is exact only up to 2^24 candidates.
 template <typename T>
 __device__ __forceinline__ bool kept_positive(T s, int64_t j, T tp, T jp) {
-  return s < tp || (s == tp && T(j) <= jp);
+  return s < tp || (s == tp && static_cast<double>(j) <= static_cast<double>(jp));
 }
 template <typename T>
 __device__ __forceinline__ bool kept_negative(T s, int64_t j, T tn, T jn) {
-  return s > tn || (s == tn && T(j) <= jn);
+  return s > tn || (s == tn && static_cast<double>(j) <= static_cast<double>(jn));
 }
 
 inline void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }

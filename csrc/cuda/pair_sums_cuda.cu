@@ -18,8 +18,7 @@ std::tuple<at::Tensor, at::Tensor> pair_sums_backward_cuda(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets) {
-  check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
-  check_row_table(grad_stats, "grad_stats", za, static_cast<int64_t>(modes.size()), kStatCols);
+  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
   return cuda::pair_stats_backward</*kSelect=*/false>(
       grad_stats, za, zc, a_ids, c_ids, modes, targets, /*gamma=*/1.0, false, false,
       at::Tensor());
