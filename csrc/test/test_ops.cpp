@@ -151,12 +151,40 @@ void test_hard_pair_sums() {
         "hard_pair_sums backward (C++ autograd) matches finite differences");
 }
 
+void test_loss_values() {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  auto rows = [&](std::initializer_list<double> v) { return at::tensor(v, f64).view({3, 3}); };
+  const at::Tensor x_l = rows({0.3, -1.2, 0.8, 1.5, 0.1, -0.4, 0.5, 0.2, -0.9});
+  const at::Tensor x_a = rows({-0.7, 0.9, 0.2, 0.6, -0.3, 1.1, 0.0, 0.4, -0.2});
+  const at::Tensor x_v = rows({1.0, 0.2, -0.5, -0.1, 0.7, 0.3, 0.8, -0.6, 0.1});
+  const at::Tensor labels = at::tensor({0, 1, 0}, at::kLong);
+  const std::vector<double> lambdas = {0.5, 2.0, 1.5};
+  auto run = [&](const at::Tensor& a) {
+    return hycon_ext::loss_values(x_l, a, x_v, labels, 0.8, lambdas, 1, 1.0, false, true, true,
+                                  true);
+  };
+  const auto out = run(x_a);
+  const double total = std::get<0>(out).item<double>(), scl = std::get<1>(out).item<double>(),
+               iamcl = std::get<2>(out).item<double>(), iemcl = std::get<3>(out).item<double>();
+  check(std::abs(total - (0.5 * iamcl + 2.0 * iemcl + 1.5 * scl)) < 1e-12,
+        "loss_values total = lambda-weighted IAMCL, IEMCL, SCL");
+
+  auto total_of = [&](const at::Tensor& a) { return std::get<0>(run(a)); };
+  const at::Tensor a = x_a.detach().clone().requires_grad_(true);
+  total_of(a).backward();
+  const at::Tensor expected = finite_difference(
+      [&](const at::Tensor& z) { return total_of(z).item<double>(); }, x_a);
+  check(a.grad().defined() && at::allclose(a.grad(), expected, 1e-6, 1e-8),
+        "loss_values backward (C++ autograd) matches finite differences");
+}
+
 }  // namespace
 
 int main() {
   test_similarity();
   test_pair_sums();
   test_hard_pair_sums();
+  test_loss_values();
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
 }
