@@ -152,9 +152,10 @@ def _register_fakes():
         rows = 3 * x_l.shape[0]
         losses = [x_l.new_empty((), dtype=dtype) for _ in range(4)]
         state_shape = (rows, 3, _STATE_COLS) if selection else (0,)
-        return (*losses, x_l.new_empty((rows, x_l.shape[1]), dtype=dtype),
-                x_l.new_empty((2, 3), dtype=dtype), x_l.new_empty((rows, 3, _STAT_COLS), dtype=dtype),
-                x_l.new_empty(state_shape, dtype=dtype))
+        z = x_l.new_empty((rows, x_l.shape[1]), dtype=dtype)
+        terms = x_l.new_empty((2, 3), dtype=dtype)
+        stats = x_l.new_empty((rows, 3, _STAT_COLS), dtype=dtype)
+        return (*losses, z, terms, stats, x_l.new_empty(state_shape, dtype=dtype))
 
     @torch.library.register_fake(lib + "loss_values_backward")
     def _(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg, selection,
