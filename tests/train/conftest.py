@@ -1,5 +1,6 @@
 """Shared fixtures for train/ tests: tiny demo bundles and a tiny local BERT tokenizer."""
 import pickle
+import types
 
 import pytest
 
@@ -14,6 +15,22 @@ def demo_tokenizer(tmp_path_factory):
     from transformers import BertTokenizer
 
     return BertTokenizer(str(write_demo_vocab(tmp_path_factory.mktemp("vocab"))))
+
+
+@pytest.fixture
+def tiny_bert_magbert(tmp_path, demo_tokenizer):
+    """A 1-layer BERT saved with the demo tokenizer (bert, its config) and MOSI demo files in
+    MAG-BERT format (data), for the --text-encoder bert runs."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=demo_tokenizer.vocab_size, hidden_size=16,
+                                     num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    bert = tmp_path / "tiny-bert"
+    transformers.BertModel(config).save_pretrained(bert)
+    demo_tokenizer.save_pretrained(bert)
+    data = tmp_path / "data"
+    write_demo("mosi", data, "magbert", n_train=48, n_valid=16, n_test=16, seq_len=8)
+    return types.SimpleNamespace(bert=bert, config=config, data=data)
 
 
 @pytest.fixture

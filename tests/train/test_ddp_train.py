@@ -109,19 +109,11 @@ def test_hybrid_loss_refuses_comparison_losses_on_the_global_batch():
 
 
 @pytest.mark.slow
-def test_pretrained_text_encoder_under_ddp(tmp_path, demo_tokenizer):
+def test_pretrained_text_encoder_under_ddp(tmp_path, tiny_bert_magbert):
     """BERT's pooler gets no gradient: DDP must run with find_unused_parameters (else it raises)."""
-    transformers = pytest.importorskip("transformers")
-    bert = tmp_path / "tiny-bert"
-    cfg = transformers.BertConfig(vocab_size=demo_tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
-    transformers.BertModel(cfg).save_pretrained(bert)
-    demo_tokenizer.save_pretrained(bert)
-    data = tmp_path / "data"
-    write_demo("mosi", data, "magbert", n_train=48, n_valid=16, n_test=16, seq_len=8)
-    _torchrun(["--dataset", "mosi", "--data-dir", str(data), "--format", "magbert", "--text-encoder", "bert",
-               "--pretrained", str(bert), "--max-seq-len", "12", "--epochs", "2", "--batch-size", "8",
-               "--out", str(tmp_path / "out")])
+    _torchrun(["--dataset", "mosi", "--data-dir", str(tiny_bert_magbert.data), "--format", "magbert",
+               "--text-encoder", "bert", "--pretrained", str(tiny_bert_magbert.bert), "--max-seq-len", "12",
+               "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "out")])
     assert _results(tmp_path / "out")["best_epoch"] in (1, 2)
 
 

@@ -139,20 +139,16 @@ def test_every_documented_flag_exists():
 
 
 @pytest.mark.slow
-def test_bert_text_encoder_on_magbert_demo(tmp_path, demo_tokenizer):
-    transformers = pytest.importorskip("transformers")
-    bert = tmp_path / "tiny-bert"
-    cfg = transformers.BertConfig(vocab_size=demo_tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
-    transformers.BertModel(cfg).save_pretrained(bert)
-    demo_tokenizer.save_pretrained(bert)
-    data = tmp_path / "data"
-    write_demo("mosi", data, "magbert", n_train=48, n_valid=16, n_test=16, seq_len=8)
-    summary = main(["--dataset", "mosi", "--data-dir", str(data), "--format", "magbert", "--text-encoder", "bert",
-                    "--pretrained", str(bert), "--max-seq-len", "12", "--text-lr", "1e-5", "--lr", "1e-3",
-                    "--epochs", "1", "--batch-size", "16", "--backend", "reference", "--out", str(tmp_path / "o")])
+def test_bert_text_encoder_on_magbert_demo(tmp_path, tiny_bert_magbert):
+    import transformers
+
+    summary = main(["--dataset", "mosi", "--data-dir", str(tiny_bert_magbert.data), "--format", "magbert",
+                    "--text-encoder", "bert", "--pretrained", str(tiny_bert_magbert.bert), "--max-seq-len", "12",
+                    "--text-lr", "1e-5", "--lr", "1e-3", "--epochs", "1", "--batch-size", "16",
+                    "--backend", "reference", "--out", str(tmp_path / "o")])
     assert summary["format"] == "magbert" and np.isfinite(summary["mean"]["MAE"])
-    assert summary["params"] > sum(p.numel() for p in transformers.BertModel(cfg).parameters())
+    bert_params = sum(p.numel() for p in transformers.BertModel(tiny_bert_magbert.config).parameters())
+    assert summary["params"] > bert_params
 
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
