@@ -79,8 +79,8 @@ struct Plan {
     int kind[kRelations];
     int pos_side, neg_side;  // index into sides, -1 without selection
   };
-  // A side whose pairs go through selection; sides are in mode order, so every pair's
-  // contributions are added in the same order in the forward and the backward.
+  // A side whose pairs go through selection. Sides are in mode order, so the backward adds a
+  // pair's selected-side gradients in the order of its modes.
   struct SelectedSide {
     int mode;
     bool positive;
@@ -141,14 +141,18 @@ constexpr int kLanes = 4;
 // Per-thread scratch for one anchor row, reused across rows.
 template <typename scalar_t>
 struct RowScratch {
-  RowScratch(const Plan& plan, int64_t m)
-      : rel(m), candidates(plan.sides.size() + 1, std::vector<Candidate<scalar_t>>(m)),
-        n_candidates(plan.sides.size() + 1) {
-    if (!plan.sides.empty()) {
-      kept.assign(plan.sides.size() + 1, std::vector<int64_t>(m));
-      n_kept.resize(plan.sides.size() + 1);
+  // Buffers are sized for rows of m candidates; the selection ones only when a side selects.
+  RowScratch(const Plan& plan, int64_t m, bool backward) : rel(m) {
+    if (plan.sides.empty()) return;
+    const size_t slots = plan.sides.size() + 1;
+    if (backward) {
+      kept.assign(slots, std::vector<int64_t>(m));
+      n_kept.resize(slots);
       sim.resize(m);
       grad.resize(m);
+    } else {
+      candidates.assign(slots, std::vector<Candidate<scalar_t>>(m));
+      n_candidates.resize(slots);
     }
   }
   // Buffer slot of a mode's positive / negative side; sides without selection write to the
@@ -159,7 +163,8 @@ struct RowScratch {
   double sum[kRelations], sq[kRelations];  // sum of s and s^2 per relation
   int64_t count[kRelations];
   std::vector<uint8_t> rel;  // relation of each candidate
-  std::vector<std::vector<Candidate<scalar_t>>> candidates;  // per side: its non-NaN pairs
+  // Forward with selection: per side slot, its non-NaN pairs.
+  std::vector<std::vector<Candidate<scalar_t>>> candidates;
   std::vector<int64_t> n_candidates;
   // Backward with selection: the row's similarities, gradients summed in double, and the
   // candidate indices one side keeps.
@@ -464,7 +469,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
       const at::Tensor s = chunk_similarities(za_c, zc_t, begin, rows, workspace);
       const scalar_t* s_ptr = s.data_ptr<scalar_t>();
       at::parallel_for(0, rows, row_grain(m), [&](int64_t r0, int64_t r1) {
-        RowScratch<scalar_t> scratch(plan, m);
+        RowScratch<scalar_t> scratch(plan, m, /*backward=*/false);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = begin + r;
           forward_row<scalar_t>(s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, plan, sel,
@@ -509,7 +514,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
         at::Tensor ds = chunk_similarities(za_c, zc_t, begin, rows, workspace);
         scalar_t* ds_ptr = ds.data_ptr<scalar_t>();
         at::parallel_for(0, rows, row_grain(m), [&](int64_t r0, int64_t r1) {
-          RowScratch<scalar_t> scratch(plan, m);
+          RowScratch<scalar_t> scratch(plan, m, /*backward=*/true);
           for (int64_t r = r0; r < r1; ++r) {
             const int64_t i = begin + r;
             backward_row<scalar_t>(ds_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, plan, sel,
