@@ -46,6 +46,7 @@ namespace {
 constexpr int64_t kModalities = 3;
 // Modes in the order of the terms (iamcl, iemcl, scl), like lambdas.
 constexpr std::array<int64_t, 3> kModes = {INTRA, INTER, SAME_SAMPLE};
+constexpr int64_t kTerms = static_cast<int64_t>(kModes.size());
 // Outputs (total, scl, iamcl, iemcl): where each mode's own loss sits among them.
 constexpr std::array<int64_t, 3> kOwnOutput = {2, 3, 1};
 
@@ -105,8 +106,8 @@ std::array<at::Tensor, 4> losses_from_terms(const at::Tensor& terms,
     double total = 0;
     AT_DISPATCH_FLOATING_TYPES(terms.scalar_type(), "hycon_ext_loss_values", [&] {
       const scalar_t* t = terms.data_ptr<scalar_t>();
-      for (int64_t k = 0; k < 3; ++k) {
-        mean[k] = static_cast<double>(t[k]) / std::max<double>(t[3 + k], 1.0);
+      for (int64_t k = 0; k < kTerms; ++k) {
+        mean[k] = static_cast<double>(t[k]) / std::max<double>(t[kTerms + k], 1.0);
         total += lambdas[k] * mean[k];
       }
     });
@@ -129,9 +130,9 @@ at::Tensor grad_terms_from_losses(const at::Tensor& grad_losses, const at::Tenso
       const scalar_t* gp = g.data_ptr<scalar_t>();
       const scalar_t* t = terms.data_ptr<scalar_t>();
       scalar_t* out = grad.data_ptr<scalar_t>();
-      for (int64_t k = 0; k < 3; ++k) {
+      for (int64_t k = 0; k < kTerms; ++k) {
         out[k] = static_cast<scalar_t>((lambdas[k] * gp[0] + gp[kOwnOutput[k]]) /
-                                       std::max<double>(t[3 + k], 1.0));
+                                       std::max<double>(t[kTerms + k], 1.0));
       }
     });
     return grad;

@@ -54,7 +54,7 @@ struct Plan {
     for (size_t k = 0; k < modes.size(); ++k) {
       const bool selectable = sel.enabled && modes[k] != SAME_SAMPLE;
       ModeCfg mc{targets[k], selectable && sel.select_pos, selectable && sel.select_neg, {}, -1,
-                 -1};
+                 -1, 0u, 0u};
       for (int rel = 0; rel < kRelations; ++rel) {
         // Descriptors that realise `rel` against the anchor (0, 0, 0).
         mc.kind[rel] = classify_pair(modes[k], 0, 0, 0, (rel & 1) ? 0 : 1, (rel & 2) ? 0 : 1,
@@ -62,29 +62,37 @@ struct Plan {
       }
       for (const bool positive : {true, false}) {
         if (!(positive ? mc.sel_pos : mc.sel_neg)) continue;
-        SelectedSide side{static_cast<int>(k), positive, 0};
+        unsigned members = 0;
         for (int rel = 0; rel < kRelations; ++rel) {
-          if (mc.kind[rel] == (positive ? kPositive : kNegative)) side.members |= 1u << rel;
+          if (mc.kind[rel] == (positive ? kPositive : kNegative)) members |= 1u << rel;
         }
-        (positive ? mc.pos_side : mc.neg_side) = static_cast<int>(sides.size());
-        sides.push_back(side);
+        (positive ? mc.pos_slot : mc.neg_slot) = static_cast<int>(sides.size());
+        (positive ? mc.pos_members : mc.neg_members) = members;
+        sides.push_back({static_cast<int>(k), positive});
       }
       cfg.push_back(mc);
     }
+    // Sides without selection write to the last (discarded) slot, so the compaction loops
+    // need no branch.
+    for (auto& mc : cfg) {
+      if (mc.pos_slot < 0) mc.pos_slot = discard_slot();
+      if (mc.neg_slot < 0) mc.neg_slot = discard_slot();
+    }
   }
+  int discard_slot() const { return static_cast<int>(sides.size()); }
   struct ModeCfg {
     double target;
     bool sel_pos;  // top-h selection + detached softmax(1/(s+gamma)) weights on positives
     bool sel_neg;  // top-h selection + softmax(s) weights on negatives
     int kind[kRelations];
-    int pos_side, neg_side;  // index into sides, -1 without selection
+    int pos_slot, neg_slot;  // index into sides; discard_slot() without selection
+    unsigned pos_members, neg_members;  // bit rel: relation rel is on the selected side
   };
   // A side whose pairs go through selection. Sides are in mode order, so the backward adds a
   // pair's selected-side gradients in the order of its modes.
   struct SelectedSide {
     int mode;
     bool positive;
-    unsigned members;  // bit rel: pairs of relation rel belong to the side
   };
   std::vector<ModeCfg> cfg;
   std::vector<SelectedSide> sides;
@@ -144,7 +152,7 @@ struct RowScratch {
   // Buffers are sized for rows of m candidates; the selection ones only when a side selects.
   RowScratch(const Plan& plan, int64_t m, bool backward) : rel(m) {
     if (plan.sides.empty()) return;
-    const size_t slots = plan.sides.size() + 1;
+    const size_t slots = plan.discard_slot() + 1;
     if (backward) {
       kept.assign(slots, std::vector<int64_t>(m));
       n_kept.resize(slots);
@@ -154,11 +162,6 @@ struct RowScratch {
       candidates.assign(slots, std::vector<Candidate<scalar_t>>(m));
       n_candidates.resize(slots);
     }
-  }
-  // Buffer slot of a mode's positive / negative side; sides without selection write to the
-  // last (discarded) slot, so the compaction loops need no branch.
-  static int slot(const Plan& plan, int side) {
-    return side >= 0 ? side : static_cast<int>(plan.sides.size());
   }
   double sum[kRelations], sq[kRelations];  // sum of s and s^2 per relation
   int64_t count[kRelations];
@@ -210,12 +213,8 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
   // a selection).
   for (const auto& mc : plan.cfg) {
     if (!mc.sel_pos && !mc.sel_neg) continue;
-    const int ps = RowScratch<scalar_t>::slot(plan, mc.pos_side);
-    const int ns = RowScratch<scalar_t>::slot(plan, mc.neg_side);
-    const unsigned pos_members = mc.sel_pos ? plan.sides[ps].members : 0u;
-    const unsigned neg_members = mc.sel_neg ? plan.sides[ns].members : 0u;
-    Candidate<scalar_t>* p = r.candidates[ps].data();
-    Candidate<scalar_t>* q = r.candidates[ns].data();
+    Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
+    Candidate<scalar_t>* q = r.candidates[mc.neg_slot].data();
     int64_t np = 0, nq = 0;
     for (int64_t j = 0; j < m; ++j) {
       const scalar_t s = s_row[j];
@@ -223,11 +222,11 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       const unsigned rel = r.rel[j];
       p[np] = {s, j};
       q[nq] = {s, j};
-      np += (pos_members >> rel) & valid;
-      nq += (neg_members >> rel) & valid;
+      np += (mc.pos_members >> rel) & valid;
+      nq += (mc.neg_members >> rel) & valid;
     }
-    r.n_candidates[ps] = np;
-    r.n_candidates[ns] = nq;
+    r.n_candidates[mc.pos_slot] = np;
+    r.n_candidates[mc.neg_slot] = nq;
   }
   const double* sum = r.sum;
   const double* sq = r.sq;
@@ -258,8 +257,8 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
              j_n = static_cast<scalar_t>(m), m_p = 0, sum_p = 1, sum_n = 1;
     int64_t pos_count = n_pos;
     if (mc.sel_pos) {
-      Candidate<scalar_t>* p = r.candidates[mc.pos_side].data();
-      int64_t kept = r.n_candidates[mc.pos_side];
+      Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
+      int64_t kept = r.n_candidates[mc.pos_slot];
       if (kept > sel.h) {
         select_first(p, kept, sel.h, PosBefore{});
         kept = sel.h;
@@ -285,8 +284,8 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       sum_p = static_cast<scalar_t>(z);
     }
     if (mc.sel_neg) {
-      Candidate<scalar_t>* q = r.candidates[mc.neg_side].data();
-      int64_t kept = r.n_candidates[mc.neg_side];
+      Candidate<scalar_t>* q = r.candidates[mc.neg_slot].data();
+      int64_t kept = r.n_candidates[mc.neg_slot];
       if (kept > sel.h) {
         select_first(q, kept, sel.h, NegBefore{});
         kept = sel.h;
@@ -375,15 +374,11 @@ void backward_row(scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c
     const auto& mc = plan.cfg[k];
     if (!mc.sel_pos && !mc.sel_neg) continue;
     const scalar_t* sv = state + k * kStateCols;
-    const int ps = RowScratch<scalar_t>::slot(plan, mc.pos_side);
-    const int ns = RowScratch<scalar_t>::slot(plan, mc.neg_side);
-    const unsigned pos_members = mc.sel_pos ? plan.sides[ps].members : 0u;
-    const unsigned neg_members = mc.sel_neg ? plan.sides[ns].members : 0u;
     const scalar_t t_p = sv[kStateTp], t_n = sv[kStateTn];
     const double j_p = static_cast<double>(sv[kStateJp]);
     const double j_n = static_cast<double>(sv[kStateJn]);
-    int64_t* p = r.kept[ps].data();
-    int64_t* q = r.kept[ns].data();
+    int64_t* p = r.kept[mc.pos_slot].data();
+    int64_t* q = r.kept[mc.neg_slot].data();
     int64_t np = 0, nq = 0;
     for (int64_t j = 0; j < m; ++j) {
       const scalar_t s = r.sim[j];
@@ -393,11 +388,11 @@ void backward_row(scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c
       const unsigned neg_kept = (s > t_n) | ((s == t_n) & (jd <= j_n));
       p[np] = j;
       q[nq] = j;
-      np += (pos_members >> rel) & pos_kept;
-      nq += (neg_members >> rel) & neg_kept;
+      np += (mc.pos_members >> rel) & pos_kept;
+      nq += (mc.neg_members >> rel) & neg_kept;
     }
-    r.n_kept[ps] = np;
-    r.n_kept[ns] = nq;
+    r.n_kept[mc.pos_slot] = np;
+    r.n_kept[mc.neg_slot] = nq;
   }
   for (size_t side_index = 0; side_index < plan.sides.size(); ++side_index) {
     const auto& side = plan.sides[side_index];
