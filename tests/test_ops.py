@@ -261,12 +261,6 @@ def test_pair_terms_cuda_matches_cpu(selection, refinement):
     compare(lambda a, c: gpu(a.cuda(), c.cuda()).cpu(), cpu, za, zc)
 
 
-def loss_inputs(k, d=5, seed=25, dtype=torch.float64, n_classes=3):
-    gen = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(k, d, generator=gen, dtype=torch.float64).to(dtype) for _ in range(3)]
-    return xs, torch.randint(0, n_classes, (k,), generator=gen)
-
-
 def run_loss_values(module, labels, selection, refinement, select_pos=True, select_neg=True,
                     alpha=0.7, lambdas=(0.5, 2.0, 1.5), h=2, gamma=0.6):
     return lambda *xs: torch.stack(module.loss_values(
@@ -275,8 +269,8 @@ def run_loss_values(module, labels, selection, refinement, select_pos=True, sele
 
 @pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
 @pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
-def test_loss_values_match_reference(selection, refinement, select_pos, select_neg):
-    xs, labels = loss_inputs(7)
+def test_loss_values_match_reference(make_batch, selection, refinement, select_pos, select_neg):
+    *xs, labels = make_batch(7, 5, seed=25)
     ext = run_loss_values(ops, labels, selection, refinement, select_pos, select_neg)
     ref = run_loss_values(reference, labels, selection, refinement, select_pos, select_neg)
     ext_leaves, ref_leaves = leaves(*xs), leaves(*xs)
@@ -290,9 +284,9 @@ def test_loss_values_match_reference(selection, refinement, select_pos, select_n
 
 
 @pytest.mark.parametrize("output", range(4))
-def test_loss_values_one_output_backward(output):
+def test_loss_values_one_output_backward(make_batch, output):
     """Outputs that do not reach the result get no gradient (undefined in the C++ backward)."""
-    xs, labels = loss_inputs(6, seed=26)
+    *xs, labels = make_batch(6, 5, seed=26)
     ext_leaves, ref_leaves = leaves(*xs), leaves(*xs)
     ops.loss_values(*ext_leaves, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, True,
                     True)[output].backward()
@@ -303,9 +297,9 @@ def test_loss_values_one_output_backward(output):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_loss_values_low_precision(dtype):
+def test_loss_values_low_precision(make_batch, dtype):
     """Computed in float32 from the rounded inputs; gradients come back in the input dtype."""
-    xs, labels = loss_inputs(8, seed=27, dtype=dtype)
+    *xs, labels = make_batch(8, 5, seed=27, dtype=dtype)
     ext_leaves = leaves(*xs)
     out = ops.loss_values(*ext_leaves, labels, 0.8, [1.0, 1.0, 1.0], 2, 1.0, True, True, True,
                           True)
@@ -365,9 +359,9 @@ def test_gradcheck_pair_terms(selection, refinement):
 
 
 @pytest.mark.parametrize("selection", [False, True])
-def test_gradcheck_loss_values(selection):
+def test_gradcheck_loss_values(make_batch, selection):
     # select_pos=False: w_p is detached by definition (see test_gradcheck_pair_terms).
-    xs, labels = loss_inputs(5, d=4, seed=28)
+    *xs, labels = make_batch(5, 4, seed=28)
     fn = run_loss_values(ops, labels, selection, True, select_pos=False)
     assert torch.autograd.gradcheck(fn, tuple(leaves(*xs)))
 
@@ -375,7 +369,7 @@ def test_gradcheck_loss_values(selection):
 # ---------------------------------------------------------------- opcheck
 
 
-def _opcheck_cases():
+def _opcheck_cases(make_batch):
     za, zc, a_ids, c_ids = make_problem(5, d=4, seed=17, anchor_rows=torch.arange(0, 15, 2))
     za, zc = leaves(za, zc)
     n, n_modes = za.shape[0], len(ALL_MODES)
@@ -389,8 +383,8 @@ def _opcheck_cases():
     _, stats, hard_state = hc.pair_terms(zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0,
                                          True, True, True, False)
     grad_terms = torch.randn(2, n_modes, dtype=torch.float64)
-    xs, labels = loss_inputs(4, d=3, seed=29)
-    x_leaves = leaves(*xs)
+    *xs, labels = make_batch(4, 3, seed=29)
+    x_leaves, xs = leaves(*xs), [x.detach() for x in xs]
     loss_args = (0.8, [1.0, 0.5, 2.0], 1, 1.0, True, True)
     _, _, _, _, z, terms, loss_stats, loss_state = hc.loss_values(
         *xs, labels, *loss_args, True, True)
@@ -421,21 +415,22 @@ def _opcheck_cases():
 
 
 @pytest.mark.parametrize("case", range(12))
-def test_opcheck(case):
-    op, args = _opcheck_cases()[case]
+def test_opcheck(make_batch, case):
+    op, args = _opcheck_cases(make_batch)[case]
     torch.library.opcheck(op, args)
 
 
 # ---------------------------------------------------------------- bad input and availability
 
 
-def _bad_calls():
+def _bad_calls(make_batch):
     za, zc, a_ids, c_ids = make_problem(3, d=4)
     hc = torch.ops.hycon_ext
     grad = torch.zeros(9, 3, 4, dtype=torch.float64)
     _, state = hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True, True)
     pair = lambda *args: hc.pair_sums(*args)  # noqa: E731
-    (x_l, _, _), labels = loss_inputs(3, d=4)
+    x_l, _, _, labels = make_batch(3, 4)
+    x_l = x_l.detach()
     loss = lambda *args: hc.loss_values(  # noqa: E731
         *args, 0.8, [1.0] * 3, 1, 1.0, True, True, False, True)
     _, _, _, _, z, terms, loss_stats, loss_state = loss(x_l, x_l, x_l, labels)
@@ -494,8 +489,8 @@ def _bad_calls():
 
 
 @pytest.mark.parametrize("case", range(29))
-def test_bad_input_names_the_argument(case):
-    call, message = _bad_calls()[case]
+def test_bad_input_names_the_argument(make_batch, case):
+    call, message = _bad_calls(make_batch)[case]
     with pytest.raises(RuntimeError, match=message):
         call()
 
