@@ -58,20 +58,25 @@ def _extension():
     )
     # -fopenmp: at::parallel_for is inlined into our code and runs serially without it.
     cxx = ["-O3", "-fopenmp"]
+    # The shared libstdc++, named explicitly: the extension must use torch's iostreams and
+    # locales. On the GPU image of 2026-11-26 (Ubuntu 24.04, gcc 13) the extension came out
+    # with no libstdc++.so.6 in NEEDED and libstdc++ code inside it, and formatting a number
+    # in an error message crashed there (docs/gpu.md).
+    link = ["-fopenmp", "-Wl,--no-as-needed", "-lstdc++", "-Wl,--as-needed"]
     if _use_cuda():
         return CUDAExtension(
             "hycon_ext._C",
             sources + _sources("csrc/cuda/*.cu"),
             include_dirs=[os.path.join(ROOT, "csrc")] + _nvidia_wheel_includes(),
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"] + _gencode_flags()},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     return CppExtension(
         "hycon_ext._C",
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link,
     )
 
 

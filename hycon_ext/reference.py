@@ -108,6 +108,18 @@ def _masked_softmax(logits, kept):
     return e / torch.where(any_kept, e.sum(-1, keepdim=True), 1.0)
 
 
+def _with_modes(sums, modes_at, new):
+    """sums (n_modes, N) with row modes_at[i] replaced by new[i].
+
+    unbind + stack rather than index_copy: torch 2.11's inductor fails to compile
+    index_copy's backward here (a copy_ into a permuted view).
+    """
+    rows = list(sums.unbind(0))
+    for i, k in enumerate(modes_at):
+        rows[k] = new[i]
+    return torch.stack(rows)
+
+
 def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg):
     """pair_sums with HyCon-v2 pair selection (eqs. 13-15) on INTRA and INTER modes.
 
@@ -132,14 +144,14 @@ def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, s
         if select_pos:
             values, kept = _keep_hardest(s, positives[rows], h, largest=False)
             weights = _masked_softmax(1.0 / (values.detach() + gamma), kept)
-            pos_sum = pos_sum.index_copy(0, rows, (values * weights).sum(-1))
-            pos_count = pos_count.index_copy(0, rows, kept.sum(-1).to(s.dtype))
+            pos_sum = _with_modes(pos_sum, selectable, (values * weights).sum(-1))
+            pos_count = _with_modes(pos_count, selectable, kept.sum(-1).to(s.dtype))
             refine = torch.where(kept, (values - target[rows]) ** 2, 0).sum(-1)
-            refine_sum = refine_sum.index_copy(0, rows, refine)
+            refine_sum = _with_modes(refine_sum, selectable, refine)
         if select_neg:
             values, kept = _keep_hardest(s, negatives[rows], h, largest=True)
             weights = _masked_softmax(values, kept)
-            neg_sum = neg_sum.index_copy(0, rows, (values * weights).sum(-1))
+            neg_sum = _with_modes(neg_sum, selectable, (values * weights).sum(-1))
 
     return _stack_stats(pos_sum, neg_sum, pos_count, refine_sum, poison)
 

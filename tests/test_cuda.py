@@ -3,10 +3,13 @@ reference), float16/bfloat16 accuracy against the pure-PyTorch reference, opchec
 the loss on CUDA. Skipped where no CUDA device exists; fails when one exists but the kernels
 are not built for it.
 
-Run: /work/venv/bin/python -m pytest tests/test_cuda.py
+Run: python -m pytest tests/test_cuda.py
+HYCON_TEST_SEED=N shifts every seed here, so a run draws fresh inputs and labels (bench/gpu_check.sh
+runs the file with 0 and with a random N).
 """
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -19,11 +22,16 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
 ]
 
+SEED = int(os.environ.get("HYCON_TEST_SEED", "0"))
 ALL_MODES = [INTRA, INTER, SAME_SAMPLE]
 TARGETS = [1.0, 0.8, 0.8]
 SELECTIONS = list(itertools.product([False, True], repeat=2))  # (select_pos, select_neg)
 # float32: the CPU and CUDA paths sum in different orders (and the CPU sums in double).
 TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-5)}
+
+
+def dtype_id(dtype):
+    return str(dtype).removeprefix("torch.")  # test ids read float32, not dtype0
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +52,7 @@ def make_problem(k, n_modalities=3, d=8, n_classes=3, seed=0, dtype=torch.float6
     multiple of 1/16, exact on any device in any order: CPU and CUDA see bitwise-equal
     similarities with many exact ties, and must select the very same pairs.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(SEED + seed)
     labels = torch.randint(0, n_classes, (k,), generator=gen)
     c_ids = row_descriptors(labels, n_modalities)
     m = n_modalities * k
@@ -67,7 +75,7 @@ def values_and_grads(fn, za, zc, device, seed=1):
     """fn(za, zc) on `device` and the gradients of a fixed random weighting of its output."""
     za_d, zc_d = on(device, za, zc, grad=True)
     out = fn(za_d, zc_d)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(SEED + seed),
                           dtype=torch.float64)
     # A NaN in the output must not leak into unrelated gradients through weight * NaN.
     (torch.where(out.isnan(), 0, out) * weights.to(device, out.dtype)).sum().backward()
@@ -78,7 +86,16 @@ def assert_cuda_matches_cpu(fn, za, zc, **tol):
     for cuda_t, cpu_t in zip(values_and_grads(fn, za, zc, "cuda"),
                              values_and_grads(fn, za, zc, "cpu")):
         assert cuda_t.dtype == cpu_t.dtype
-        torch.testing.assert_close(cuda_t, cpu_t, equal_nan=True, **tol)
+        torch.testing.assert_close(cuda_t, cpu_t, equal_nan=True, **scaled_tolerance(cpu_t, tol))
+
+
+def scaled_tolerance(expected, tol):
+    """float32: atol at least rtol x the tensor's largest entry. A gradient entry sums thousands
+    of terms that cancel, so its rounding error scales with the largest entries, not its own."""
+    if expected.dtype != torch.float32 or expected.numel() == 0 or not tol:
+        return tol
+    largest = expected.abs().nan_to_num(0.0).max().item()
+    return dict(tol, atol=max(tol["atol"], tol["rtol"] * largest))
 
 
 def pair_sums_fn(ops, a_ids, c_ids, modes=ALL_MODES, targets=TARGETS):
@@ -107,15 +124,15 @@ def hard_with_state(za, zc, a_ids, c_ids, device, h, select_pos, select_neg, mod
 # ---------------------------------------------------------------- CUDA against CPU
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 def test_similarity_matches_cpu(ops, dtype):
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(SEED)
     x = torch.randn(37, 11, generator=gen, dtype=dtype)
     y = torch.randn(300, 11, generator=gen, dtype=dtype)
     assert_cuda_matches_cpu(ops.similarity, x, y, **TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 @pytest.mark.parametrize("k,n_modalities,n_classes,anchors,seed", [
     (1, 3, 1, "all", 0),
     (9, 3, 1, "all", 1),      # all labels equal
@@ -129,7 +146,7 @@ def test_pair_sums_matches_cpu(ops, dtype, k, n_modalities, n_classes, anchors, 
     assert_cuda_matches_cpu(pair_sums_fn(ops, a_ids, c_ids), za, zc, **TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 @pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
 @pytest.mark.parametrize("k,n_classes,h,anchors,seed", [
     (1, 1, 1, "all", 0),
@@ -151,7 +168,7 @@ def test_hard_pair_sums_matches_cpu(ops, dtype, select_pos, select_neg, k, n_cla
     torch.testing.assert_close(state_cuda, state_cpu, **TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 @pytest.mark.parametrize("h", [1, 3, 17])
 def test_hard_pair_sums_ties_select_the_lower_index_like_cpu(ops, dtype, h):
     # Similarities are multiples of 1/16: massive exact ties, bitwise equal on both devices.
@@ -209,7 +226,7 @@ def max_error(values, expected):
     return max((v.double() - e.double()).abs().max().item() for v, e in zip(values, expected))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("op", ["similarity", "pair_sums", "hard_pair_sums"])
 def test_half_precision_error_at_most_twice_the_reference(ops, dtype, op):
     """Kernel error against a float32 reference <= 2 x the pure-PyTorch reference's error in
@@ -272,10 +289,10 @@ def test_opcheck_on_cuda(ops):
         torch.library.opcheck(op, args)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 @pytest.mark.parametrize("pair_selection", [False, True])
 def test_loss_ext_matches_reference_on_cuda(ops, dtype, pair_selection):
-    gen = torch.Generator().manual_seed(9)
+    gen = torch.Generator().manual_seed(SEED + 9)
     k, d = 48, 10
     xs = [2 * torch.randn(k, d, generator=gen, dtype=dtype) for _ in range(3)]
     labels = torch.randint(0, 4, (k,), generator=gen)

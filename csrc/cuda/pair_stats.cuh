@@ -119,7 +119,8 @@ __global__ void __launch_bounds__(kThreads) pair_stats_kernel(
     __syncthreads();
   }
 
-  // Pass 2: sums over the kept pairs of every mode.
+  // Pass 2: sums over the kept pairs of every mode. Only a selected side filters: the other
+  // keeps every pair, a NaN one too (so the sums are NaN, as on the CPU).
   Threshold<T> t[K];
   bool sel_pos[K], sel_neg[K];
 #pragma unroll
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) pair_stats_kernel(
       if (isnan(s)) counts[2 * k + 1] = 1;
       if (cls == kPositive) {
         ++counts[2 * k];
-        if (kSelect && !kept_positive(s, j, t[k].tp, t[k].jp)) continue;
+        if (sel_pos[k] && !kept_positive(s, j, t[k].tp, t[k].jp)) continue;
         const T diff = s - g.target[k];
         acc[5 * k + 4] += diff * diff;
         if (sel_pos[k]) {
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(kThreads) pair_stats_kernel(
           acc[5 * k] += s;
         }
       } else {
-        if (kSelect && !kept_negative(s, j, t[k].tn, t[k].jn)) continue;
+        if (sel_neg[k] && !kept_negative(s, j, t[k].tn, t[k].jn)) continue;
         if (sel_neg[k]) {
           const T e = exp(s);
           acc[5 * k + 2] += s * e;
@@ -260,7 +261,8 @@ __global__ void __launch_bounds__(kThreads) pair_grad_kernel(
     for (int k = 0; k < K; ++k) neg_sum[k] = sum_n[k] > 0 ? neg_sum[k] / sum_n[k] : T(0);
   }
 
-  // Pass B: dL/dS_j summed over the modes.
+  // Pass B: dL/dS_j summed over the modes (kept-pair tests on selected sides only, as in the
+  // forward: a NaN pair of an unselected side passes its NaN on, as on the CPU).
   T* __restrict__ d_row = dsim + row * m;
   for (int64_t j = threadIdx.x; j < m; j += kThreads) {
     const T s = s_row[j];
@@ -271,12 +273,12 @@ __global__ void __launch_bounds__(kThreads) pair_grad_kernel(
       if (k >= g.n) break;
       const int cls = classify(g.mode[k], a, c);
       if (cls == kPositive) {
-        if (kSelect && !kept_positive(s, j, t[k].tp, t[k].jp)) continue;
+        if (sel_pos[k] && !kept_positive(s, j, t[k].tp, t[k].jp)) continue;
         // w_p is detached: d pos_sum / d s_j = w_j.
         const T w = sel_pos[k] ? exp(T(1) / (s + gamma) - t[k].mp) / sum_p[k] : T(1);
         d += g_pos[k] * w + g_ref[k] * T(2) * (s - g.target[k]);
       } else if (cls == kNegative) {
-        if (kSelect && !kept_negative(s, j, t[k].tn, t[k].jn)) continue;
+        if (sel_neg[k] && !kept_negative(s, j, t[k].tn, t[k].jn)) continue;
         d += sel_neg[k] ? g_neg[k] * exp(s) / sum_n[k] * (T(1) + s - neg_sum[k]) : g_neg[k];
       }
     }

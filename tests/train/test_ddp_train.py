@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 # 61 training samples: global batches of 16 end with one of 13, split 7/6 over the ranks
 COMMON = ["--epochs", "2", "--lr", "3e-3", "--dropout", "0", "--backend", "auto"]
+# Every run here trains on the CPU (gloo under torchrun): with --device auto, a machine with
+# fewer GPUs than processes refuses to start, and 1-GPU vs 2-process results would differ by device.
+CPU = ["--device", "cpu"]
 
 
 def _torchrun(args, nproc=2):
@@ -63,7 +66,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, dataset
     data = tmp_path / "data"
     # valid: shards of 9 and 8 samples, so 2 and 1 evaluation batches of 8
     write_demo(dataset, data, seed=0, n_train=61, n_valid=17, n_test=20, seq_len=8)
-    args = ["--dataset", dataset, "--data-dir", str(data)] + COMMON + extra
+    args = ["--dataset", dataset, "--data-dir", str(data)] + COMMON + CPU + extra
     printed = _torchrun(args + ["--out", str(tmp_path / "ddp"), "--batch-size", "8"])
     single = main(args + ["--out", str(tmp_path / "one"), "--batch-size", "16"])
 
@@ -83,7 +86,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, dataset
 def test_demo_written_by_rank0_and_resume_continues_exactly(tmp_path):
     """--demo (rank 0 writes, the others wait) and --resume with dropout on: the per-rank RNG
     states in last.pt make 1 + 1 resumed epochs equal 2 uninterrupted ones."""
-    args = ["--dataset", "mosi", "--demo", "--batch-size", "16", "--backend", "auto"]
+    args = ["--dataset", "mosi", "--demo", "--batch-size", "16", "--backend", "auto"] + CPU
     full = _torchrun(args + ["--epochs", "2", "--out", str(tmp_path / "full")])
     assert full.count("demo: wrote") == 1
     _torchrun(args + ["--epochs", "1", "--out", str(tmp_path / "part")])
@@ -113,7 +116,7 @@ def test_pretrained_text_encoder_under_ddp(tmp_path, tiny_bert_magbert):
     """BERT's pooler gets no gradient: DDP must run with find_unused_parameters (else it raises)."""
     _torchrun(["--dataset", "mosi", "--data-dir", str(tiny_bert_magbert.data), "--format", "magbert",
                "--text-encoder", "bert", "--pretrained", str(tiny_bert_magbert.bert), "--max-seq-len", "12",
-               "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "out")])
+               "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "out")] + CPU)
     assert _results(tmp_path / "out")["best_epoch"] in (1, 2)
 
 
