@@ -58,10 +58,10 @@ def _extension():
     )
     # -fopenmp: at::parallel_for is inlined into our code and runs serially without it.
     cxx = ["-O3", "-fopenmp"]
-    # The shared libstdc++, named explicitly: the extension must use torch's iostreams and
-    # locales. On the GPU image of 2026-11-26 (Ubuntu 24.04, gcc 13) the extension came out
-    # with no libstdc++.so.6 in NEEDED and libstdc++ code inside it, and formatting a number
-    # in an error message crashed there (docs/gpu.md).
+    # The shared libstdc++, named explicitly so that it wins over a static one that the
+    # toolchain may add (-static-libstdc++): an extension with its own uninitialised copy of
+    # libstdc++'s iostreams loses (gcc 12) or crashes on (gcc 13) every number in its error
+    # messages. Seen on the GPU image of 2026-11-26; docs/gpu.md.
     link = ["-fopenmp", "-Wl,--no-as-needed", "-lstdc++", "-Wl,--as-needed"]
     if _use_cuda():
         return CUDAExtension(
