@@ -3,7 +3,9 @@
 // the lambda-weighted means (docs/design.md). At small K the loss is dominated by per-op and
 // per-autograd-node overhead, so fusing the glue matters more than the kernels there.
 // Device-generic like pair_terms: the scalar glue runs as plain loops on CPU, at:: ops
-// elsewhere (same formulas).
+// elsewhere (same formulas). On CPU it runs the engine directly rather than through the
+// pair_terms op, so that the similarity block, when it fits one chunk, is kept for the backward
+// (returned as `sim`; elsewhere and for larger batches sim is empty and the backward recomputes).
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -12,13 +14,15 @@
 #include <array>
 #include <vector>
 
+#include "cpu/pair_engine.h"
 #include "ops.h"
 #include "pair_common.h"
+#include "pair_terms.h"
 
 namespace hycon_ext {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
+           at::Tensor, at::Tensor>
 loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
            const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas, int64_t h,
            double gamma, bool select_pos, bool select_neg, bool selection, bool refinement) {
@@ -33,12 +37,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
     at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
     bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, at::ScalarType dtype) {
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::loss_values_backward", "")
                        .typed<decltype(loss_values_backward)>();
   return op.call(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg,
-                 selection, refinement, terms, stats, state, dtype);
+                 selection, refinement, terms, stats, state, sim, dtype);
 }
 
 namespace {
@@ -146,7 +150,7 @@ at::Tensor grad_terms_from_losses(const at::Tensor& grad_losses, const at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
+           at::Tensor, at::Tensor>
 loss_values_kernel(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
                   const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
                   int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
@@ -157,17 +161,28 @@ loss_values_kernel(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tenso
   const at::Tensor z =
       at::softmax(at::cat({x_l, x_a, x_v}), 1, compute_dtype(x_l.scalar_type()));
   const at::Tensor ids = row_descriptors(labels);
-  auto [terms, stats, state] = pair_terms(z, z, ids, ids, kModes, mode_targets(alpha), h, gamma,
-                                          select_pos, select_neg, selection, refinement);
+  at::Tensor terms, stats, state, sim;
+  if (z.is_cpu()) {
+    const cpu::Selection sel{selection, h, gamma, select_pos, select_neg};
+    std::tie(stats, state) =
+        cpu::pair_stats_forward(z, z, ids, ids, kModes, mode_targets(alpha), sel, &sim);
+    terms = terms_from_stats_cpu(stats, kModes, refinement);
+  } else {
+    std::tie(terms, stats, state) = pair_terms(z, z, ids, ids, kModes, mode_targets(alpha), h,
+                                               gamma, select_pos, select_neg, selection,
+                                               refinement);
+  }
+  if (!state.defined()) state = stats.new_empty({0});
+  if (!sim.defined()) sim = z.new_empty({0});
   auto [total, scl, iamcl, iemcl] = losses_from_terms(terms, lambdas);
-  return {total, scl, iamcl, iemcl, z, terms, stats, state};
+  return {total, scl, iamcl, iemcl, z, terms, stats, state, sim};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
     at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
     bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, at::ScalarType dtype) {
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
   TORCH_CHECK(z.dim() == 2 && z.size(0) % kModalities == 0,
               "z must have shape (3K, d), got ", z.sizes());
   const int64_t k = z.size(0) / kModalities;
@@ -185,12 +200,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
               "terms must have shape (2, 3), got ", terms.sizes());
   TORCH_CHECK(lambdas.size() == 3, "lambdas must hold three weights, got ", lambdas.size());
   TORCH_CHECK(at::isFloatingType(dtype), "dtype must be a floating dtype, got ", dtype);
+  TORCH_CHECK(sim.numel() == 0 || (sim.dim() == 2 && sim.size(0) == z.size(0) &&
+                                   sim.size(1) == z.size(0)),
+              "sim must be empty or have shape (", z.size(0), ", ", z.size(0), "), got ",
+              sim.sizes());
+  TORCH_CHECK(sim.scalar_type() == z.scalar_type() && sim.device() == z.device(),
+              "sim must have the dtype and device of z (", z.scalar_type(), ", ", z.device(),
+              "), got ", sim.scalar_type(), " on ", sim.device());
   at::AutoDispatchBelowADInplaceOrView guard;
   const at::Tensor ids = row_descriptors(labels);
   const at::Tensor grad_terms = grad_terms_from_losses(grad_losses, terms.contiguous(), lambdas);
-  auto [grad_za, grad_zc] =
-      pair_terms_backward(grad_terms, z, z, ids, ids, kModes, mode_targets(alpha), gamma,
-                          select_pos, select_neg, selection, refinement, stats, state);
+  at::Tensor grad_za, grad_zc;
+  if (z.is_cpu()) {
+    // pair_terms_backward's checks, then its CPU path with the kept similarities.
+    auto check_table = [&](const at::Tensor& t, const char* name, int64_t cols) {
+      check_row_table(t, name, z, kTerms, cols);
+      TORCH_CHECK(t.scalar_type() == z.scalar_type(), name, " must have the dtype of z (",
+                  z.scalar_type(), "), got ", t.scalar_type());
+    };
+    check_table(stats, "stats", kStatCols);
+    if (selection) {
+      check_table(state, "state", kStateCols);
+      check_selection_args(/*h=*/1, gamma);
+    }
+    const cpu::Selection sel{selection, 0, gamma, select_pos, select_neg};
+    const at::Tensor grad_stats =
+        grad_stats_from_terms_cpu(grad_terms, stats, kModes, refinement);
+    std::tie(grad_za, grad_zc) =
+        cpu::pair_stats_backward(grad_stats, z, z, ids, ids, kModes, mode_targets(alpha), sel,
+                                 state, sim.numel() > 0 ? sim : at::Tensor());
+  } else {
+    std::tie(grad_za, grad_zc) =
+        pair_terms_backward(grad_terms, z, z, ids, ids, kModes, mode_targets(alpha), gamma,
+                            select_pos, select_neg, selection, refinement, stats, state);
+  }
   const at::Tensor grad_z = grad_za.add_(grad_zc);
   std::array<at::Tensor, kModalities> grad_x;
   for (int64_t m = 0; m < kModalities; ++m) {
@@ -207,12 +250,13 @@ TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
   m.def(
       "loss_values(Tensor x_l, Tensor x_a, Tensor x_v, Tensor labels, float alpha, "
       "float[] lambdas, int h, float gamma, bool select_pos, bool select_neg, bool selection, "
-      "bool refinement) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool refinement) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
   m.def(
       "loss_values_backward(Tensor grad_losses, Tensor labels, Tensor z, float alpha, "
       "float[] lambdas, float gamma, bool select_pos, bool select_neg, bool selection, "
-      "bool refinement, Tensor terms, Tensor stats, Tensor state, ScalarType dtype) "
-      "-> (Tensor, Tensor, Tensor)");
+      "bool refinement, Tensor terms, Tensor stats, Tensor state, Tensor sim, "
+      "ScalarType dtype) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hycon_ext, CPU, m) {

@@ -48,11 +48,12 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
     bool selection, bool refinement, const at::Tensor& stats, const at::Tensor& state);
 
 // The whole loss of hycon_ext.hycon_loss from the three (K, d) modality batches: returns
-// (total, scl, iamcl, iemcl, z, terms, stats, state); the first four are 0-dim losses, the rest
-// (softmax rows, pair_terms' terms / stats / state) carry no gradient and feed the backward.
+// (total, scl, iamcl, iemcl, z, terms, stats, state, sim); the first four are 0-dim losses, the
+// rest (softmax rows, pair_terms' terms / stats / state, and on CPU the (3K, 3K) similarities
+// when they fit one chunk, else empty) carry no gradient and feed the backward.
 // Modes are (INTRA, INTER, SAME_SAMPLE) with targets (1, alpha, alpha).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
+           at::Tensor, at::Tensor>
 loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
            const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas, int64_t h,
            double gamma, bool select_pos, bool select_neg, bool selection, bool refinement);
@@ -62,6 +63,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
     at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
     bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, at::ScalarType dtype);
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype);
 
 }  // namespace hycon_ext

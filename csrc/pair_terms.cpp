@@ -11,6 +11,7 @@
 
 #include "ops.h"
 #include "pair_common.h"
+#include "pair_terms.h"
 
 namespace hycon_ext {
 
@@ -203,6 +204,16 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward_kernel(
 }
 
 }  // namespace
+
+at::Tensor terms_from_stats_cpu(const at::Tensor& stats, at::IntArrayRef modes,
+                                bool refinement) {
+  return terms_cpu(stats, term_coefficients(modes, refinement));
+}
+
+at::Tensor grad_stats_from_terms_cpu(const at::Tensor& grad_terms, const at::Tensor& stats,
+                                     at::IntArrayRef modes, bool refinement) {
+  return grad_stats_cpu(grad_terms, stats, term_coefficients(modes, refinement));
+}
 
 TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
   m.def(

@@ -18,6 +18,9 @@ except ImportError as error:  # not built, or built against another torch
 
 _STAT_COLS = 4
 _STATE_COLS = 7
+# csrc/cpu/pair_engine.cpp's chunking: chunk rows = max(_MIN_CHUNK, _WORKSPACE_ELEMS // M).
+_WORKSPACE_ELEMS = 1 << 22
+_MIN_CHUNK = 32
 _OP_NAMES = ("similarity", "pair_sums", "hard_pair_sums", "pair_terms", "loss_values")
 _DISPATCH_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}
 
@@ -155,11 +158,14 @@ def _register_fakes():
         z = x_l.new_empty((rows, x_l.shape[1]), dtype=dtype)
         terms = x_l.new_empty((2, 3), dtype=dtype)
         stats = x_l.new_empty((rows, 3, _STAT_COLS), dtype=dtype)
-        return (*losses, z, terms, stats, x_l.new_empty(state_shape, dtype=dtype))
+        # The CPU kernel keeps the (3K, 3K) similarities when they fit one chunk of its engine.
+        kept = x_l.device.type == "cpu" and rows <= max(_MIN_CHUNK, _WORKSPACE_ELEMS // rows)
+        sim = x_l.new_empty((rows, rows) if kept else (0,), dtype=dtype)
+        return (*losses, z, terms, stats, x_l.new_empty(state_shape, dtype=dtype), sim)
 
     @torch.library.register_fake(lib + "loss_values_backward")
     def _(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg, selection,
-          refinement, terms, stats, state, dtype):
+          refinement, terms, stats, state, sim, dtype):
         k = labels.shape[0]
         return tuple(z.new_empty((k, z.shape[1]), dtype=dtype) for _ in range(3))
 

@@ -266,12 +266,14 @@ def opcheck_cases():
     x_l, x_a, x_v = on("cuda", *torch.randn(3, 6, 4, dtype=torch.float64))
     labels = torch.tensor([0, 1, 0, 2, 1, 0], device="cuda")
     loss_args = (0.8, [1.0, 0.5, 2.0], 1, 1.0, True, True, True, True)
-    _, _, _, _, z, terms, stats, loss_state = lib.loss_values(x_l, x_a, x_v, labels, *loss_args)
+    _, _, _, _, z, terms, stats, loss_state, sim = lib.loss_values(x_l, x_a, x_v, labels,
+                                                                   *loss_args)
+    assert sim.numel() == 0  # kept on CPU only
     return [
         (lib.loss_values.default, (leaf(x_l), leaf(x_a), leaf(x_v), labels, *loss_args)),
         (lib.loss_values_backward.default,
          (torch.randn(4, dtype=torch.float64, device="cuda"), labels, z, 0.8, [1.0, 0.5, 2.0],
-          1.0, True, True, True, True, terms, stats, loss_state, torch.float64)),
+          1.0, True, True, True, True, terms, stats, loss_state, sim, torch.float64)),
         (lib.similarity.default, (leaf(x), leaf(y))),
         (lib.similarity_backward.default, (torch.randn(5, 9, dtype=torch.float64,
                                                        device="cuda"), x, y)),

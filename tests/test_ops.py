@@ -316,6 +316,48 @@ def test_loss_values_low_precision(make_batch, dtype):
         torch.testing.assert_close(x.grad.double(), x_ref.grad, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("selection", [False, True])
+def test_loss_values_kept_similarities(make_batch, selection):
+    """On CPU the forward keeps S = z z^T when it fits one engine chunk; the backward reads it
+    (and leaves it intact for a second backward) or, given an empty one, recomputes it."""
+    *xs, labels = make_batch(10, 6, seed=31)
+    hc = torch.ops.hycon_ext
+    args = (0.8, [1.0, 0.5, 2.0], 3, 1.0, True, True, selection, True)
+    *_, z, terms, stats, state, sim = hc.loss_values(*xs, labels, *args)
+    torch.testing.assert_close(sim, z @ z.T)
+
+    def backward(kept):
+        return hc.loss_values_backward(
+            torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=torch.float64), labels, z, *args[:2],
+            *args[3:], terms, stats, state, kept, torch.float64)
+
+    with_sim = backward(sim)
+    for got in (backward(sim), backward(sim.new_empty(0))):  # again, then recomputed
+        for a, b in zip(got, with_sim):
+            torch.testing.assert_close(a, b, atol=1e-14, rtol=1e-12)
+    torch.testing.assert_close(sim, z @ z.T)  # not overwritten by dL/dS
+
+    leaves_ = leaves(*xs)
+    out = ops.loss_values(*leaves_, labels, *args)
+    out[0].backward(retain_graph=True)
+    first = [x.grad.clone() for x in leaves_]
+    for x in leaves_:
+        x.grad = None
+    out[0].backward()
+    for x, g in zip(leaves_, first):
+        torch.testing.assert_close(x.grad, g, atol=0, rtol=0)
+
+
+def test_loss_values_does_not_keep_similarities_past_one_chunk():
+    # 3K = 2100 rows: 2100^2 > the engine's 2^22-element workspace, so S is computed in chunks.
+    gen = torch.Generator().manual_seed(32)
+    xs = [torch.randn(700, 3, generator=gen) for _ in range(3)]
+    labels = torch.randint(0, 5, (700,), generator=gen)
+    out = torch.ops.hycon_ext.loss_values(*xs, labels, 0.8, [1.0] * 3, 1, 1.0, True, True,
+                                          False, True)
+    assert out[-1].shape == (0,)
+
+
 def test_similarity_matches_reference():
     gen = torch.Generator().manual_seed(14)
     x = torch.randn(7, 5, generator=gen, dtype=torch.float64)
@@ -386,8 +428,9 @@ def _opcheck_cases(make_batch):
     *xs, labels = make_batch(4, 3, seed=29)
     x_leaves, xs = leaves(*xs), [x.detach() for x in xs]
     loss_args = (0.8, [1.0, 0.5, 2.0], 1, 1.0, True, True)
-    _, _, _, _, z, terms, loss_stats, loss_state = hc.loss_values(
+    _, _, _, _, z, terms, loss_stats, loss_state, sim = hc.loss_values(
         *xs, labels, *loss_args, True, True)
+    assert sim.shape == (12, 12)  # kept for the backward: small enough for one chunk
     return [
         (hc.similarity.default, (x, y)),
         (hc.similarity_backward.default, (torch.randn(4, 6, dtype=torch.float64), xd, yd)),
@@ -408,13 +451,14 @@ def _opcheck_cases(make_batch):
           stats, hard_state)),
         (hc.loss_values.default, (*x_leaves, labels, *loss_args, False, True)),
         (hc.loss_values.default, (*x_leaves, labels, *loss_args, True, False)),
-        (hc.loss_values_backward.default,
-         (torch.randn(4, dtype=torch.float64), labels, z, 0.8, [1.0, 0.5, 2.0], 1.0, True, True,
-          True, True, terms, loss_stats, loss_state, torch.float64)),
+        *[(hc.loss_values_backward.default,
+           (torch.randn(4, dtype=torch.float64), labels, z, 0.8, [1.0, 0.5, 2.0], 1.0, True,
+            True, True, True, terms, loss_stats, loss_state, kept, torch.float64))
+          for kept in (sim, sim.new_empty(0))],  # kept similarities, or recomputed
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(13))
 def test_opcheck(make_batch, case):
     op, args = _opcheck_cases(make_batch)[case]
     torch.library.opcheck(op, args)
@@ -433,7 +477,11 @@ def _bad_calls(make_batch):
     x_l = x_l.detach()
     loss = lambda *args: hc.loss_values(  # noqa: E731
         *args, 0.8, [1.0] * 3, 1, 1.0, True, True, False, True)
-    _, _, _, _, z, terms, loss_stats, loss_state = loss(x_l, x_l, x_l, labels)
+    _, _, _, _, z, terms, loss_stats, loss_state, sim = loss(x_l, x_l, x_l, labels)
+    grad4 = torch.zeros(4, dtype=torch.float64)
+    back = lambda selection, stats, state, kept: hc.loss_values_backward(  # noqa: E731
+        grad4, labels, z, 0.8, [1.0] * 3, 1.0, True, True, selection, True, terms, stats, state,
+        kept, torch.float64)
     return [
         # Full messages, numbers included: a build with its own static libstdc++ lost (gcc 12)
         # or crashed on (gcc 13) the numbers (docs/gpu.md).
@@ -479,20 +527,25 @@ def _bad_calls(make_batch):
         (lambda: hc.loss_values(x_l, x_l, x_l, labels, 0.8, [1.0] * 3, 0, 1.0, True, True, True,
                                 True), "h must be >= 1"),
         (lambda: hc.loss_values_backward(torch.zeros(3), labels, z, 0.8, [1.0] * 3, 1.0, True,
-                                         True, False, True, terms, loss_stats, loss_state,
+                                         True, False, True, terms, loss_stats, loss_state, sim,
                                          torch.float64),
          "grad_losses must have shape"),
         (lambda: hc.loss_values_backward(torch.zeros(4, dtype=torch.int64), labels, z, 0.8,
                                          [1.0] * 3, 1.0, True, True, False, True, terms,
-                                         loss_stats, loss_state, torch.float64),
+                                         loss_stats, loss_state, sim, torch.float64),
          "grad_losses must be a floating tensor"),
+        (lambda: back(False, loss_stats, loss_state, sim[:, :4]),
+         r"^sim must be empty or have shape \(9, 9\), got \[9, 4\]"),
+        (lambda: back(False, loss_stats, loss_state, sim.float()), "sim must have the dtype"),
+        (lambda: back(False, loss_stats[:2], loss_state, sim), r"stats must have shape \(9, 3, 4\)"),
+        (lambda: back(True, loss_stats, loss_stats, sim), r"state must have shape \(9, 3, 7\)"),
         (lambda: hc.pair_terms_backward(torch.zeros(2, 3, dtype=torch.int64), za, zc, a_ids,
                                         c_ids, ALL_MODES, TARGETS, 1.0, True, True, False, True,
                                         grad, grad), "grad_terms must be a floating tensor"),
     ]
 
 
-@pytest.mark.parametrize("case", range(29))
+@pytest.mark.parametrize("case", range(33))
 def test_bad_input_names_the_argument(make_batch, case):
     call, message = _bad_calls(make_batch)[case]
     with pytest.raises(RuntimeError, match=message):

@@ -1,5 +1,6 @@
 // Autograd for loss_values at the Autograd key: one node for the whole loss. The softmax rows,
-// terms, stats and state are outputs without gradient that the backward reuses.
+// terms, stats, state and kept similarities are outputs without gradient that the backward
+// reuses.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -22,10 +23,10 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
                                bool select_pos, bool select_neg, bool selection,
                                bool refinement) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [total, scl, iamcl, iemcl, z, terms, stats, state] =
+    auto [total, scl, iamcl, iemcl, z, terms, stats, state, sim] =
         loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
                    selection, refinement);
-    ctx->save_for_backward({labels, z, terms, stats, state});
+    ctx->save_for_backward({labels, z, terms, stats, state, sim});
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["lambdas"] = lambdas.vec();
     ctx->saved_data["gamma"] = gamma;
@@ -34,8 +35,8 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
     ctx->saved_data["selection"] = selection;
     ctx->saved_data["refinement"] = refinement;
     ctx->saved_data["dtype"] = x_l.scalar_type();
-    ctx->mark_non_differentiable({z, terms, stats, state});
-    return {total, scl, iamcl, iemcl, z, terms, stats, state};
+    ctx->mark_non_differentiable({z, terms, stats, state, sim});
+    return {total, scl, iamcl, iemcl, z, terms, stats, state, sim};
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grads) {
@@ -51,7 +52,7 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
         at::stack(grad_losses), saved[0], saved[1], ctx->saved_data["alpha"].toDouble(),
         lambdas, ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
         ctx->saved_data["select_neg"].toBool(), ctx->saved_data["selection"].toBool(),
-        ctx->saved_data["refinement"].toBool(), terms, saved[3], saved[4],
+        ctx->saved_data["refinement"].toBool(), terms, saved[3], saved[4], saved[5],
         ctx->saved_data["dtype"].toScalarType());
     // No gradient for the labels and the non-tensor arguments.
     variable_list out(12);
@@ -69,11 +70,12 @@ class LossValuesBackwardFunction : public torch::autograd::Function<LossValuesBa
                                at::ArrayRef<double> lambdas, double gamma, bool select_pos,
                                bool select_neg, bool selection, bool refinement,
                                const Variable& terms, const Variable& stats,
-                               const Variable& state, at::ScalarType dtype) {
+                               const Variable& state, const Variable& sim,
+                               at::ScalarType dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [grad_l, grad_a, grad_v] =
         loss_values_backward(grad_losses, labels, z, alpha, lambdas, gamma, select_pos,
-                            select_neg, selection, refinement, terms, stats, state, dtype);
+                            select_neg, selection, refinement, terms, stats, state, sim, dtype);
     return {grad_l, grad_a, grad_v};
   }
 
@@ -83,24 +85,24 @@ class LossValuesBackwardFunction : public torch::autograd::Function<LossValuesBa
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
+           at::Tensor, at::Tensor>
 loss_values_autograd(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
                     const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
                     int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
                     bool refinement) {
   const auto out = LossValuesFunction::apply(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma,
                                             select_pos, select_neg, selection, refinement);
-  return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]};
+  return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_autograd(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
     at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
     bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, at::ScalarType dtype) {
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
   const auto out = LossValuesBackwardFunction::apply(grad_losses, labels, z, alpha, lambdas,
                                                     gamma, select_pos, select_neg, selection,
-                                                    refinement, terms, stats, state, dtype);
+                                                    refinement, terms, stats, state, sim, dtype);
   return {out[0], out[1], out[2]};
 }
 

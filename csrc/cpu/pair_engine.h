@@ -17,16 +17,20 @@ struct Selection {
   bool select_neg = false;
 };
 
-// (stats, state); state is (N, n_modes, 7) when sel.enabled, else undefined.
+// (stats, state); state is (N, n_modes, 7) when sel.enabled, else undefined. With `sim`, the
+// (N, M) similarities (compute dtype) are handed back there when they fit one chunk (no extra
+// memory: the chunk buffer is kept instead of freed), else *sim is left undefined.
 std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
     const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
-    const Selection& sel);
+    const Selection& sel, at::Tensor* sim = nullptr);
 
-// (grad_za, grad_zc); state is the forward's when sel.enabled, else ignored.
+// (grad_za, grad_zc); state is the forward's when sel.enabled, else ignored. sim: the
+// forward's kept similarities (read only), or undefined to recompute them.
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state);
+    at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state,
+    const at::Tensor& sim = at::Tensor());
 
 }  // namespace hycon_ext::cpu
