@@ -333,9 +333,8 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
 // Writes the row's dL/dS to d_row (which may be s_row itself).
 template <typename scalar_t>
 void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64_t* a,
-                  const int64_t* c_ids,
-                  const Plan& plan, const Selection& sel, const scalar_t* grad,
-                  const scalar_t* state, RowScratch<scalar_t>& r) {
+                  const int64_t* c_ids, const Plan& plan, const Selection& sel,
+                  const scalar_t* grad, const scalar_t* state, RowScratch<scalar_t>& r) {
   // Unselected pairs: dL/ds = lin[rel] + slope[rel] * s (pos_sum, neg_sum, refine terms).
   double lin[kRelations] = {}, slope[kRelations] = {};
   for (size_t k = 0; k < plan.cfg.size(); ++k) {
