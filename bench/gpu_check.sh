@@ -12,10 +12,10 @@
 #   bench/gpu_check.sh [LOG_DIR]     LOG_DIR defaults to $OUT, else ./gpu_check_logs
 #
 # Environment: PYTHON (python3), DEADLINE_S (seconds for the whole run, default 3600: each stage
-# gets at most what is left), REPORT_SIZES (64,512,4096),
-# BENCH_SIZES (64,4096). Every stage writes LOG_DIR/NAME.log;
-# LOG_DIR/summary.txt gets one line per stage and is printed last. The exit code is the number
-# of stages that failed.
+# gets at most what is left), REPORT_SIZES (64,512,4096), BENCH_SIZES (64,4096). Every stage
+# writes LOG_DIR/NAME.log; LOG_DIR/summary.txt gets one line per stage and is printed last. The
+# exit code is the number of stages that failed. Needs requirements.txt's packages (pytest,
+# pytest-benchmark, pytorch-metric-learning, expecttest, ...) next to a CUDA torch.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
