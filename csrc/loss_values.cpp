@@ -21,8 +21,7 @@
 
 namespace hycon_ext {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor>
+LossValuesOutputs
 loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
            const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas, int64_t h,
            double gamma, bool select_pos, bool select_neg, bool selection, bool refinement) {
@@ -149,8 +148,7 @@ at::Tensor grad_terms_from_losses(const at::Tensor& grad_losses, const at::Tenso
   return at::stack({sums, at::zeros_like(sums)});
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor>
+LossValuesOutputs
 loss_values_kernel(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
                   const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
                   int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
@@ -213,15 +211,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
   at::Tensor grad_za, grad_zc;
   if (z.is_cpu()) {
     // pair_terms_backward's checks, then its CPU path with the kept similarities.
-    auto check_table = [&](const at::Tensor& t, const char* name, int64_t cols) {
-      check_row_table(t, name, z, kTerms, cols);
-      TORCH_CHECK(t.scalar_type() == z.scalar_type(), name, " must have the dtype of z (",
-                  z.scalar_type(), "), got ", t.scalar_type());
-    };
-    check_table(stats, "stats", kStatCols);
+    check_row_table(stats, "stats", z, kTerms, kStatCols);
+    TORCH_CHECK(stats.scalar_type() == z.scalar_type(), "stats must have the dtype of z (",
+                z.scalar_type(), "), got ", stats.scalar_type());
     if (selection) {
-      check_table(state, "state", kStateCols);
       check_selection_args(/*h=*/1, gamma);
+      check_selection_state(state, z, kTerms);
     }
     const cpu::Selection sel{selection, 0, gamma, select_pos, select_neg};
     const at::Tensor grad_stats =

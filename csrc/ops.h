@@ -52,11 +52,13 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
 // rest (softmax rows, pair_terms' terms / stats / state, and on CPU the (3K, 3K) similarities
 // when they fit one chunk, else empty) carry no gradient and feed the backward.
 // Modes are (INTRA, INTER, SAME_SAMPLE) with targets (1, alpha, alpha).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor>
-loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
-           const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas, int64_t h,
-           double gamma, bool select_pos, bool select_neg, bool selection, bool refinement);
+using LossValuesOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                     at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+LossValuesOutputs loss_values(const at::Tensor& x_l, const at::Tensor& x_a,
+                              const at::Tensor& x_v, const at::Tensor& labels, double alpha,
+                              at::ArrayRef<double> lambdas, int64_t h, double gamma,
+                              bool select_pos, bool select_neg, bool selection,
+                              bool refinement);
 // grad_losses (4,): gradients of (total, scl, iamcl, iemcl); returns the gradients of
 // (x_l, x_a, x_v) in `dtype`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward(

@@ -149,6 +149,15 @@ inline void check_row_table(const at::Tensor& t, const char* name, const at::Ten
               t.scalar_type());
 }
 
+// A forward's selection state (docs/design.md), as its backward takes it back.
+inline void check_selection_state(const at::Tensor& state, const at::Tensor& za,
+                                  int64_t n_modes) {
+  check_row_table(state, "state", za, n_modes, kStateCols);
+  const auto dtype = compute_dtype(za.scalar_type());
+  TORCH_CHECK(state.scalar_type() == dtype, "state must have dtype ", dtype,
+              " (the forward's compute dtype), got ", state.scalar_type());
+}
+
 // The backward ops' arguments, checked alike by the CPU and CUDA kernels.
 inline void check_pair_sums_backward_args(const at::Tensor& grad_stats, const at::Tensor& za,
                                           const at::Tensor& zc, const at::Tensor& a_ids,
@@ -164,10 +173,7 @@ inline void check_hard_pair_sums_backward_args(
     at::ArrayRef<double> targets, double gamma, const at::Tensor& state) {
   check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
   check_selection_args(/*h=*/1, gamma);
-  check_row_table(state, "state", za, static_cast<int64_t>(modes.size()), kStateCols);
-  const auto dtype = compute_dtype(za.scalar_type());
-  TORCH_CHECK(state.scalar_type() == dtype, "state must have dtype ", dtype,
-              " (the forward's compute dtype), got ", state.scalar_type());
+  check_selection_state(state, za, static_cast<int64_t>(modes.size()));
 }
 
 }  // namespace hycon_ext

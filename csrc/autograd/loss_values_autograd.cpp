@@ -84,8 +84,7 @@ class LossValuesBackwardFunction : public torch::autograd::Function<LossValuesBa
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor>
+LossValuesOutputs
 loss_values_autograd(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
                     const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
                     int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
