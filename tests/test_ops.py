@@ -552,12 +552,30 @@ def test_bad_input_names_the_argument(make_batch, case):
         call()
 
 
-def test_double_backward_is_a_clear_error():
+def _first_order_output(op, za, zc, a_ids, c_ids):
+    """A differentiable scalar of one op (loss_values: of its za rows as three batches)."""
+    if op == "pair_sums":
+        return ops.pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS).sum()
+    if op == "hard_pair_sums":
+        return ops.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True,
+                                  True).sum()
+    if op == "pair_terms":
+        return ops.pair_terms(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True, True,
+                              True, True).sum()
+    x_l, x_a, x_v = za.chunk(3)
+    return ops.loss_values(x_l, x_a, x_v, a_ids[:3, 0], 0.8, [1.0, 1.0, 1.0], 1, 1.0, True,
+                           True, True, True)[0]
+
+
+@pytest.mark.parametrize("op", ["pair_sums", "hard_pair_sums", "pair_terms", "loss_values"])
+def test_double_backward_is_a_clear_error(op):
     za, zc, a_ids, c_ids = make_problem(3, d=4)
     za, zc = leaves(za, zc)
-    stats = ops.pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS)
-    (grad_za,) = torch.autograd.grad(stats.sum(), za, create_graph=True)
+    # Never a silently wrong second derivative: the error comes when the gradient is
+    # differentiated (loss_values: already when its backward runs under create_graph).
     with pytest.raises(RuntimeError, match="does not support double backward"):
+        (grad_za,) = torch.autograd.grad(_first_order_output(op, za, zc, a_ids, c_ids), za,
+                                         create_graph=True)
         grad_za.sum().backward()
 
 

@@ -13,6 +13,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
+constexpr size_t kInputs = 10;  // forward arguments: za, zc, a_ids, c_ids, modes, ...
+
 class HardPairSumsFunction : public torch::autograd::Function<HardPairSumsFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Variable& za, const Variable& zc,
@@ -32,10 +34,12 @@ class HardPairSumsFunction : public torch::autograd::Function<HardPairSumsFuncti
     ctx->saved_data["select_pos"] = select_pos;
     ctx->saved_data["select_neg"] = select_neg;
     ctx->mark_non_differentiable({state});
+    ctx->set_materialize_grads(false);  // no zero tensors for the outputs without gradient
     return {stats, state};
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grads) {
+    if (!grads[0].defined()) return variable_list(kInputs);  // no gradient reached the op
     const auto saved = ctx->get_saved_variables();
     const auto modes = ctx->saved_data["modes"].toIntVector();
     const auto targets = ctx->saved_data["targets"].toDoubleVector();
@@ -44,8 +48,10 @@ class HardPairSumsFunction : public torch::autograd::Function<HardPairSumsFuncti
         ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
         ctx->saved_data["select_neg"].toBool(), saved[4]);
     // No gradient for the ids and the non-tensor arguments.
-    return {grad_za,    grad_zc,    Variable(), Variable(), Variable(),
-            Variable(), Variable(), Variable(), Variable(), Variable()};
+    variable_list out(kInputs);
+    out[0] = grad_za;
+    out[1] = grad_zc;
+    return out;
   }
 };
 

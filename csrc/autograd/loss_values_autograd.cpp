@@ -14,6 +14,7 @@ using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
 constexpr size_t kLosses = 4;  // total, scl, iamcl, iemcl
+constexpr size_t kInputs = 12;  // forward arguments: x_l, x_a, x_v, labels, alpha, ...
 
 class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> {
  public:
@@ -36,26 +37,35 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
     ctx->saved_data["refinement"] = refinement;
     ctx->saved_data["dtype"] = x_l.scalar_type();
     ctx->mark_non_differentiable({z, terms, stats, state, sim});
+    // Gradients of unused outputs stay undefined: materialised, they would be zero tensors
+    // the size of every output (sim alone is (3K)^2), allocated and cleared for nothing.
+    ctx->set_materialize_grads(false);
     return {total, scl, iamcl, iemcl, z, terms, stats, state, sim};
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& terms = saved[2];
-    // Losses that do not reach the result get undefined gradients.
-    std::vector<at::Tensor> grad_losses;
+    // Losses that do not reach the result get undefined gradients (usually all but total).
+    at::Tensor grad_losses = at::zeros({static_cast<int64_t>(kLosses)}, terms.options());
     for (size_t i = 0; i < kLosses; ++i) {
-      grad_losses.push_back(grads[i].defined() ? grads[i] : at::zeros({}, terms.options()));
+      if (grads[i].defined()) grad_losses.select(0, static_cast<int64_t>(i)).copy_(grads[i]);
     }
     const auto lambdas = ctx->saved_data["lambdas"].toDoubleVector();
+    // The backward reads z and the stats, which carry no history: run under create_graph it
+    // would hand out gradients that a second backward takes for constants.
+    TORCH_CHECK(!torch::autograd::GradMode::is_enabled(),
+                "hycon_ext::loss_values does not support double backward (its backward was run "
+                "with create_graph=True)");
+    at::AutoDispatchBelowADInplaceOrView guard;
     auto [grad_l, grad_a, grad_v] = loss_values_backward(
-        at::stack(grad_losses), saved[0], saved[1], ctx->saved_data["alpha"].toDouble(),
-        lambdas, ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
+        grad_losses, saved[0], saved[1], ctx->saved_data["alpha"].toDouble(), lambdas,
+        ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
         ctx->saved_data["select_neg"].toBool(), ctx->saved_data["selection"].toBool(),
         ctx->saved_data["refinement"].toBool(), terms, saved[3], saved[4], saved[5],
         ctx->saved_data["dtype"].toScalarType());
     // No gradient for the labels and the non-tensor arguments.
-    variable_list out(12);
+    variable_list out(kInputs);
     out[0] = grad_l;
     out[1] = grad_a;
     out[2] = grad_v;

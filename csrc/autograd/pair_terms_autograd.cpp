@@ -13,6 +13,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
+constexpr size_t kInputs = 12;  // forward arguments: za, zc, a_ids, c_ids, modes, ...
+
 class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Variable& za, const Variable& zc,
@@ -35,10 +37,12 @@ class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
     ctx->saved_data["selection"] = selection;
     ctx->saved_data["refinement"] = refinement;
     ctx->mark_non_differentiable({stats, state});
+    ctx->set_materialize_grads(false);  // no zero tensors for the outputs without gradient
     return {terms, stats, state};
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grads) {
+    if (!grads[0].defined()) return variable_list(kInputs);  // no gradient reached the op
     const auto saved = ctx->get_saved_variables();
     const auto modes = ctx->saved_data["modes"].toIntVector();
     const auto targets = ctx->saved_data["targets"].toDoubleVector();
@@ -48,7 +52,7 @@ class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
         ctx->saved_data["select_neg"].toBool(), ctx->saved_data["selection"].toBool(),
         ctx->saved_data["refinement"].toBool(), saved[4], saved[5]);
     // No gradient for the ids and the non-tensor arguments.
-    variable_list out(12);
+    variable_list out(kInputs);
     out[0] = grad_za;
     out[1] = grad_zc;
     return out;

@@ -497,14 +497,16 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
   const int64_t n_modes = static_cast<int64_t>(modes.size());
   const Plan plan(modes, targets, sel);
 
-  at::Tensor grad_za = at::zeros({n, d}, za_c.options());
-  at::Tensor grad_zc = at::zeros({m, d}, za_c.options());
+  at::Tensor grad_za, grad_zc;
   if (n > 0 && n_modes > 0) {
     // With the forward's S: one chunk, dL/dS into a buffer of its own (S stays intact for a
     // second backward). Without: S recomputed chunk by chunk and overwritten with dL/dS.
     const bool kept = sim.defined();
     const at::Tensor sim_c = kept ? sim.contiguous() : at::Tensor();
     const int64_t chunk = kept ? n : chunk_rows(n, m);
+    // One chunk writes both gradients whole; several accumulate into grad_zc.
+    grad_za = at::empty({n, d}, za_c.options());
+    grad_zc = chunk >= n ? at::empty({m, d}, za_c.options()) : at::zeros({m, d}, za_c.options());
     at::Tensor workspace = at::empty({chunk, m}, za_c.options());
     const at::Tensor zc_t = zc_c.t();
     AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_backward", [&] {
@@ -530,9 +532,16 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
         // S = za zc^T: chunks run one after another, so accumulating into grad_zc is safe.
         at::Tensor grad_za_rows = grad_za.narrow(0, begin, rows);
         at::mm_out(grad_za_rows, ds, zc_c);
-        grad_zc.addmm_(ds.t(), za_c.narrow(0, begin, rows));
+        if (chunk >= n) {
+          at::mm_out(grad_zc, ds.t(), za_c);
+        } else {
+          grad_zc.addmm_(ds.t(), za_c.narrow(0, begin, rows));
+        }
       }
     });
+  } else {
+    grad_za = at::zeros({n, d}, za_c.options());
+    grad_zc = at::zeros({m, d}, za_c.options());
   }
   return {grad_za.to(za.scalar_type()), grad_zc.to(zc.scalar_type())};
 }
