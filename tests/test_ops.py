@@ -151,6 +151,36 @@ def test_float32_close_to_float64_reference(hard):
     compare(ext, ref, za, zc, atol=1e-5, rtol=1e-4)
 
 
+def _beyond_int32(ids):
+    """The same relations with class and sample ids outside int32: the engine's scalar loops."""
+    shifted = ids.clone()
+    shifted[:, [0, 2]] += 1 << 40
+    return shifted
+
+
+@pytest.mark.parametrize("k, anchors", [(37, None), (16, torch.arange(5, 48, 3))])
+@pytest.mark.parametrize("hard", [False, True])
+def test_float32_vector_rows_match_scalar_rows_and_reference(k, anchors, hard):
+    """float32 rows with modality runs of >= 16 take the vector loops (csrc/cpu/row_vectors.h):
+    K = 37 leaves a tail of one per run. Against the float64 reference, and against the scalar
+    loops on the same problem, NaN and inf similarities included."""
+    za, zc, a_ids, c_ids = make_problem(k, d=8, seed=12, dtype=torch.float32,
+                                        anchor_rows=anchors)
+    run = (lambda m, a, c: run_hard(m, a, c, 3, True, True)) if hard else run_pair_sums
+    compare(run(ops, a_ids, c_ids), run(reference, a_ids, c_ids), za, zc, atol=1e-5, rtol=1e-4)
+
+    zc[[4, k - 1], 1] = float("nan")  # in a vector block and, for K = 37, in a tail
+    zc[k + 2] = float("inf")
+    outs = []
+    for ids in ((a_ids, c_ids), (_beyond_int32(a_ids), _beyond_int32(c_ids))):
+        za_e, zc_e = leaves(za, zc)
+        out = run(ops, *ids)(za_e, zc_e)
+        torch.where(out.isfinite(), out, 0).sum().backward()
+        outs.append((out, za_e.grad, zc_e.grad))
+    for vector, scalar in zip(*outs):
+        torch.testing.assert_close(vector, scalar, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
 def test_many_chunks():
     """M large enough that anchors are processed in several chunks of the workspace."""
     k, d = 45000, 3  # 135,000 candidates: the workspace holds 32 rows, so 3 chunks

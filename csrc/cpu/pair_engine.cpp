@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "../pair_common.h"
+#include "row_vectors.h"
 
 namespace hycon_ext::cpu {
 namespace {
@@ -179,10 +182,38 @@ struct RowScratch {
   std::vector<int64_t> n_kept;
 };
 
-// Relations of the row, and their sums of s and s^2 and counts, into r.
+// The row's sums of s and s^2 and counts per relation, into r (from case sums per modality run
+// when the candidates have columns), and with need_rel each candidate's relation.
 template <typename scalar_t>
 void relation_sums(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
-                   RowScratch<scalar_t>& r) {
+                   const CandidateColumns* cols, bool need_rel, RowScratch<scalar_t>& r) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (cols != nullptr) {
+      std::fill(r.sum, r.sum + kRelations, 0.0);
+      std::fill(r.sq, r.sq + kRelations, 0.0);
+      std::fill(r.count, r.count + kRelations, 0);
+      for (const auto& run : cols->runs) {
+        double sum[kCases], sq[kCases];
+        int64_t count[kCases];
+        case_sums(s_row, cols->cls.data(), cols->smp.data(), run.begin, run.end,
+                  static_cast<int32_t>(a[kDescClass]), static_cast<int32_t>(a[kDescSample]),
+                  sum, sq, count);
+        const bool same_modality = run.modality == a[kDescModality];
+        for (int c = 0; c < kCases; ++c) {
+          const int rel = case_relation(c, same_modality);
+          r.sum[rel] += sum[c];
+          r.sq[rel] += sq[c];
+          r.count[rel] += count[c];
+        }
+      }
+      if (need_rel) {
+        for (int64_t j = 0; j < m; ++j) {
+          r.rel[j] = static_cast<uint8_t>(relation(a, c_ids + j * kDescCols));
+        }
+      }
+      return;
+    }
+  }
   double sum[kLanes][kRelations] = {}, sq[kLanes][kRelations] = {};
   int64_t count[kLanes][kRelations] = {};
   for (int64_t j = 0; j < m; ++j) {
@@ -207,9 +238,9 @@ void relation_sums(const scalar_t* s_row, int64_t m, const int64_t* a, const int
 
 template <typename scalar_t>
 void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
-                 const Plan& plan, const Selection& sel, scalar_t* stats, scalar_t* state,
-                 RowScratch<scalar_t>& r) {
-  relation_sums(s_row, m, a, c_ids, r);
+                 const CandidateColumns* cols, const Plan& plan, const Selection& sel,
+                 scalar_t* stats, scalar_t* state, RowScratch<scalar_t>& r) {
+  relation_sums(s_row, m, a, c_ids, cols, /*need_rel=*/!plan.sides.empty(), r);
   // Each selected side's candidates, compacted without branches: every pair is written to
   // both of its mode's buffers and kept where it belongs (NaN has no order: it never enters
   // a selection).
@@ -333,8 +364,9 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
 // Writes the row's dL/dS to d_row (which may be s_row itself).
 template <typename scalar_t>
 void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64_t* a,
-                  const int64_t* c_ids, const Plan& plan, const Selection& sel,
-                  const scalar_t* grad, const scalar_t* state, RowScratch<scalar_t>& r) {
+                  const int64_t* c_ids, const CandidateColumns* cols, const Plan& plan,
+                  const Selection& sel, const scalar_t* grad, const scalar_t* state,
+                  RowScratch<scalar_t>& r) {
   // Unselected pairs: dL/ds = lin[rel] + slope[rel] * s (pos_sum, neg_sum, refine terms).
   double lin[kRelations] = {}, slope[kRelations] = {};
   for (size_t k = 0; k < plan.cfg.size(); ++k) {
@@ -353,6 +385,25 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
   // slope is 0 for negatives: their gradient stays finite at a NaN similarity.
   bool sloped[kRelations];
   for (int rel = 0; rel < kRelations; ++rel) sloped[rel] = slope[rel] != 0;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (plan.sides.empty() && cols != nullptr) {
+      for (const auto& run : cols->runs) {
+        const bool same_modality = run.modality == a[kDescModality];
+        float lin_c[kCases], slope_c[kCases];
+        bool sloped_c[kCases];
+        for (int c = 0; c < kCases; ++c) {
+          const int rel = case_relation(c, same_modality);
+          lin_c[c] = static_cast<float>(lin[rel]);
+          slope_c[c] = static_cast<float>(slope[rel]);
+          sloped_c[c] = sloped[rel];
+        }
+        case_linear(s_row, d_row, cols->cls.data(), cols->smp.data(), run.begin, run.end,
+                    static_cast<int32_t>(a[kDescClass]), static_cast<int32_t>(a[kDescSample]),
+                    lin_c, slope_c, sloped_c);
+      }
+      return;
+    }
+  }
   if (plan.sides.empty()) {
     for (int64_t j = 0; j < m; ++j) {
       const int rel = relation(a, c_ids + j * kDescCols);
@@ -459,6 +510,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
   AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_forward", [&] {
     const int64_t* a_ptr = a_c.data_ptr<int64_t>();
     const int64_t* c_ptr = c_c.data_ptr<int64_t>();
+    const auto cols = std::is_same_v<scalar_t, float> ? candidate_columns(a_ptr, n, c_ptr, m)
+                                                      : std::nullopt;
     scalar_t* stats_ptr = stats.data_ptr<scalar_t>();
     scalar_t* state_ptr = sel.enabled ? state.data_ptr<scalar_t>() : nullptr;
     for (int64_t begin = 0; begin < n; begin += chunk) {
@@ -469,7 +522,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
         RowScratch<scalar_t> scratch(plan, m, /*backward=*/false);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = begin + r;
-          forward_row<scalar_t>(s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, plan, sel,
+          forward_row<scalar_t>(s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr,
+                                cols ? &*cols : nullptr, plan, sel,
                                 stats_ptr + i * n_modes * kStatCols,
                                 state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
                                 scratch);
@@ -512,6 +566,10 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_backward", [&] {
       const int64_t* a_ptr = a_c.data_ptr<int64_t>();
       const int64_t* c_ptr = c_c.data_ptr<int64_t>();
+      // Only the rows without selection use the columns.
+      const auto cols = std::is_same_v<scalar_t, float> && plan.sides.empty()
+                            ? candidate_columns(a_ptr, n, c_ptr, m)
+                            : std::nullopt;
       const scalar_t* grad_ptr = grad_c.data_ptr<scalar_t>();
       const scalar_t* state_ptr = sel.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
       for (int64_t begin = 0; begin < n; begin += chunk) {
@@ -524,7 +582,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
           for (int64_t r = r0; r < r1; ++r) {
             const int64_t i = begin + r;
             backward_row<scalar_t>(s_ptr + r * m, ds_ptr + r * m, m, a_ptr + i * kDescCols,
-                                   c_ptr, plan, sel, grad_ptr + i * n_modes * kStatCols,
+                                   c_ptr, cols ? &*cols : nullptr, plan, sel,
+                                   grad_ptr + i * n_modes * kStatCols,
                                    state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
                                    scratch);
           }
