@@ -3,7 +3,7 @@
 // pair from three int64 compares and scatter into 8 relation buckets, ~2-3 ns a pair; here the
 // candidates come as int32 columns in runs of one modality, so within a run a pair's relation
 // is fixed by two compares (same class? same sample?) and the 4 cases are accumulated with
-// masks in 4 float lanes (SSE2, the x86-64 baseline; GCC/Clang vector extensions).
+// masks in 4 float lanes (GCC/Clang vector extensions: SSE2, the x86-64 baseline, or NEON).
 // Internal to pair_engine.cpp.
 #pragma once
 
