@@ -17,10 +17,12 @@
 
 namespace hycon_ext::cpu {
 
-#if defined(__GNUC__) || defined(__clang__)
-constexpr bool kRowVectors = true;
+// GCC and Clang (which defines __GNUC__ too) have the vector extensions; elsewhere the
+// engine's scalar loops run.
+#if defined(__GNUC__)
+#define HYCON_ROW_VECTORS 1
 #else
-constexpr bool kRowVectors = false;
+#define HYCON_ROW_VECTORS 0
 #endif
 
 // A pair's case within a run: bit 0 same class, bit 1 same sample (relation bits 0 and 2).
@@ -58,7 +60,9 @@ inline bool ids_fit_int32(const int64_t* ids, int64_t rows) {
 // runs. The ids are contiguous (rows, 3) descriptors.
 inline std::optional<CandidateColumns> candidate_columns(const int64_t* a_ids, int64_t n,
                                                          const int64_t* c_ids, int64_t m) {
-  if (!kRowVectors || !ids_fit_int32(a_ids, n) || !ids_fit_int32(c_ids, m)) return std::nullopt;
+  if (!HYCON_ROW_VECTORS || !ids_fit_int32(a_ids, n) || !ids_fit_int32(c_ids, m)) {
+    return std::nullopt;
+  }
   CandidateColumns out;
   out.cls.resize(m);
   out.smp.resize(m);
@@ -76,7 +80,7 @@ inline std::optional<CandidateColumns> candidate_columns(const int64_t* a_ids, i
   return out;
 }
 
-#if defined(__GNUC__) || defined(__clang__)
+#if HYCON_ROW_VECTORS
 using VecF = float __attribute__((vector_size(16)));
 using VecI = int32_t __attribute__((vector_size(16)));
 constexpr int64_t kVec = 4;
@@ -117,7 +121,7 @@ inline void case_sums(const float* s, const int32_t* cls, const int32_t* smp, in
   std::fill(sq, sq + kCases, 0.0);
   std::fill(count, count + kCases, 0);
   int64_t j = begin;
-#if defined(__GNUC__) || defined(__clang__)
+#if HYCON_ROW_VECTORS
   constexpr int64_t kFlush = 256;
   while (end - j >= kVec) {
     VecF vsum[kCases] = {}, vsq[kCases] = {};
@@ -160,7 +164,7 @@ inline void case_linear(const float* s, float* d, const int32_t* cls, const int3
                         const float lin[kCases], const float slope[kCases],
                         const bool sloped[kCases]) {
   int64_t j = begin;
-#if defined(__GNUC__) || defined(__clang__)
+#if HYCON_ROW_VECTORS
   VecI lin_bits[kCases], slope_bits[kCases], sloped_bits[kCases];
   for (int c = 0; c < kCases; ++c) {
     const VecF l = {lin[c], lin[c], lin[c], lin[c]};
