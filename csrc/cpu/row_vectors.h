@@ -182,8 +182,8 @@ inline void case_linear(const float* s, float* d, const int32_t* cls, const int3
       k |= masks[c] & slope_bits[c];
       on |= masks[c] & sloped_bits[c];
     }
-    const VecF p = reinterpret_cast<VecF>(k) * load_f(s + j);
-    const VecF out = reinterpret_cast<VecF>(l) + reinterpret_cast<VecF>(reinterpret_cast<VecI>(p) & on);
+    const VecI p = reinterpret_cast<VecI>(reinterpret_cast<VecF>(k) * load_f(s + j)) & on;
+    const VecF out = reinterpret_cast<VecF>(l) + reinterpret_cast<VecF>(p);
     __builtin_memcpy(d + j, &out, sizeof out);
   }
 #endif
