@@ -44,6 +44,11 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
   }
 
   static variable_list backward(AutogradContext* ctx, const variable_list& grads) {
+    // The backward reads z and the stats, which carry no history: run under create_graph it
+    // would hand out gradients that a second backward takes for constants.
+    TORCH_CHECK(!torch::autograd::GradMode::is_enabled(),
+                "hycon_ext::loss_values does not support double backward (its backward was run "
+                "with create_graph=True)");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& terms = saved[2];
     // Losses that do not reach the result get undefined gradients (usually all but total).
@@ -52,12 +57,7 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
       if (grads[i].defined()) grad_losses.select(0, static_cast<int64_t>(i)).copy_(grads[i]);
     }
     const auto lambdas = ctx->saved_data["lambdas"].toDoubleVector();
-    // The backward reads z and the stats, which carry no history: run under create_graph it
-    // would hand out gradients that a second backward takes for constants.
-    TORCH_CHECK(!torch::autograd::GradMode::is_enabled(),
-                "hycon_ext::loss_values does not support double backward (its backward was run "
-                "with create_graph=True)");
-    at::AutoDispatchBelowADInplaceOrView guard;
+    at::AutoDispatchBelowADInplaceOrView guard;  // nothing to record (see the check above)
     auto [grad_l, grad_a, grad_v] = loss_values_backward(
         grad_losses, saved[0], saved[1], ctx->saved_data["alpha"].toDouble(), lambdas,
         ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
