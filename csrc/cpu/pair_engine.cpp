@@ -535,74 +535,138 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
   return {stats, state};
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
+namespace {
+
+// ds += ds^T over a square block, in tiles so both sides stay in cache.
+template <typename scalar_t>
+void symmetrize(scalar_t* ds, int64_t n) {
+  constexpr int64_t kTile = 32;
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / (kTile * n));  // ~32k elements
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t i0 = ti * kTile, i1 = std::min(n, i0 + kTile);
+      for (int64_t j0 = i0; j0 < n; j0 += kTile) {
+        const int64_t j1 = std::min(n, j0 + kTile);
+        for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t j = std::max(j0, i); j < j1; ++j) {
+            const scalar_t v = ds[i * n + j] + ds[j * n + i];
+            ds[i * n + j] = v;
+            ds[j * n + i] = v;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Up to this many rows, making dL/dS symmetric in place (n^2 reads and writes) and multiplying
+// once is cheaper than the second (n, n) x (n, d) GEMM it replaces. Measured (d = 50, 2 threads):
+// 96 rows 31 -> 25 us, 384 rows 0.37 -> 0.28 ms; 1536 rows slower (3.7 -> 5.3 ms).
+constexpr int64_t kSymmetrizeMaxRows = 512;
+
+// The backward of both entry points. same_rows: za and zc are the same rows with the same
+// descriptors, so dL/dz = dS zc + dS^T za is returned as grad_za alone (grad_zc undefined).
+std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state,
-    const at::Tensor& sim) {
+    const at::Tensor& sim, bool same_rows) {
   const auto dtype = compute_dtype(za.scalar_type());
   const at::Tensor za_c = za.to(dtype).contiguous();
-  const at::Tensor zc_c = zc.to(dtype).contiguous();
+  const at::Tensor zc_c = same_rows ? za_c : zc.to(dtype).contiguous();
   const at::Tensor a_c = a_ids.contiguous();
-  const at::Tensor c_c = c_ids.contiguous();
+  const at::Tensor c_c = same_rows ? a_c : c_ids.contiguous();
   const at::Tensor grad_c = grad_stats.to(dtype).contiguous();
   const at::Tensor state_c = sel.enabled ? state.contiguous() : at::Tensor();
   const int64_t n = za.size(0), m = zc.size(0), d = za.size(1);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
   const Plan plan(modes, targets, sel);
 
-  at::Tensor grad_za, grad_zc;
-  if (n > 0 && n_modes > 0) {
-    // With the forward's S: one chunk, dL/dS into a buffer of its own (S stays intact for a
-    // second backward). Without: S recomputed chunk by chunk and overwritten with dL/dS.
-    const bool kept = sim.defined();
-    const at::Tensor sim_c = kept ? sim.contiguous() : at::Tensor();
-    const int64_t chunk = kept ? n : chunk_rows(n, m);
-    // One chunk writes both gradients whole; several accumulate into grad_zc.
-    grad_za = at::empty({n, d}, za_c.options());
-    grad_zc = chunk >= n ? at::empty({m, d}, za_c.options()) : at::zeros({m, d}, za_c.options());
-    at::Tensor workspace = at::empty({chunk, m}, za_c.options());
-    const at::Tensor zc_t = zc_c.t();
-    AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_backward", [&] {
-      const int64_t* a_ptr = a_c.data_ptr<int64_t>();
-      const int64_t* c_ptr = c_c.data_ptr<int64_t>();
-      // Only the rows without selection use the columns.
-      const auto cols = std::is_same_v<scalar_t, float> && plan.sides.empty()
-                            ? candidate_columns(a_ptr, n, c_ptr, m)
-                            : std::nullopt;
-      const scalar_t* grad_ptr = grad_c.data_ptr<scalar_t>();
-      const scalar_t* state_ptr = sel.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
-      for (int64_t begin = 0; begin < n; begin += chunk) {
-        const int64_t rows = std::min(chunk, n - begin);
-        at::Tensor ds = kept ? workspace : chunk_similarities(za_c, zc_t, begin, rows, workspace);
-        const scalar_t* s_ptr = kept ? sim_c.data_ptr<scalar_t>() : ds.data_ptr<scalar_t>();
-        scalar_t* ds_ptr = ds.data_ptr<scalar_t>();
-        at::parallel_for(0, rows, row_grain(m), [&](int64_t r0, int64_t r1) {
-          RowScratch<scalar_t> scratch(plan, m, /*backward=*/true);
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t i = begin + r;
-            backward_row<scalar_t>(s_ptr + r * m, ds_ptr + r * m, m, a_ptr + i * kDescCols,
-                                   c_ptr, cols ? &*cols : nullptr, plan, sel,
-                                   grad_ptr + i * n_modes * kStatCols,
-                                   state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
-                                   scratch);
-          }
-        });
-        // S = za zc^T: chunks run one after another, so accumulating into grad_zc is safe.
-        at::Tensor grad_za_rows = grad_za.narrow(0, begin, rows);
-        at::mm_out(grad_za_rows, ds, zc_c);
-        if (chunk >= n) {
-          at::mm_out(grad_zc, ds.t(), za_c);
-        } else {
-          grad_zc.addmm_(ds.t(), za_c.narrow(0, begin, rows));
-        }
-      }
-    });
-  } else {
-    grad_za = at::zeros({n, d}, za_c.options());
-    grad_zc = at::zeros({m, d}, za_c.options());
+  if (n == 0 || n_modes == 0) {
+    return {at::zeros({n, d}, za_c.options()),
+            same_rows ? at::Tensor() : at::zeros({m, d}, za_c.options())};
   }
+  // With the forward's S: one chunk, dL/dS into a buffer of its own (S stays intact for a
+  // second backward). Without: S recomputed chunk by chunk and overwritten with dL/dS.
+  const bool kept = sim.defined();
+  const at::Tensor sim_c = kept ? sim.contiguous() : at::Tensor();
+  const int64_t chunk = kept ? n : chunk_rows(n, m);
+  const bool one_chunk = chunk >= n;
+  // One chunk writes the gradients whole; several accumulate into them.
+  const auto new_grad = [&](int64_t rows) {
+    return one_chunk ? at::empty({rows, d}, za_c.options()) : at::zeros({rows, d}, za_c.options());
+  };
+  at::Tensor grad_za = new_grad(n);
+  at::Tensor grad_zc = same_rows ? at::Tensor() : new_grad(m);
+  at::Tensor workspace = at::empty({chunk, m}, za_c.options());
+  const at::Tensor zc_t = zc_c.t();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_backward", [&] {
+    const int64_t* a_ptr = a_c.data_ptr<int64_t>();
+    const int64_t* c_ptr = c_c.data_ptr<int64_t>();
+    // Only the rows without selection use the columns.
+    const auto cols = std::is_same_v<scalar_t, float> && plan.sides.empty()
+                          ? candidate_columns(a_ptr, n, c_ptr, m)
+                          : std::nullopt;
+    const scalar_t* grad_ptr = grad_c.data_ptr<scalar_t>();
+    const scalar_t* state_ptr = sel.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
+    for (int64_t begin = 0; begin < n; begin += chunk) {
+      const int64_t rows = std::min(chunk, n - begin);
+      at::Tensor ds = kept ? workspace : chunk_similarities(za_c, zc_t, begin, rows, workspace);
+      const scalar_t* s_ptr = kept ? sim_c.data_ptr<scalar_t>() : ds.data_ptr<scalar_t>();
+      scalar_t* ds_ptr = ds.data_ptr<scalar_t>();
+      at::parallel_for(0, rows, row_grain(m), [&](int64_t r0, int64_t r1) {
+        RowScratch<scalar_t> scratch(plan, m, /*backward=*/true);
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t i = begin + r;
+          backward_row<scalar_t>(s_ptr + r * m, ds_ptr + r * m, m, a_ptr + i * kDescCols,
+                                 c_ptr, cols ? &*cols : nullptr, plan, sel,
+                                 grad_ptr + i * n_modes * kStatCols,
+                                 state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
+                                 scratch);
+        }
+      });
+      // S = za zc^T: dL/dza = dS zc, dL/dzc = dS^T za. Chunks run one after another, so
+      // accumulating into the gradients is safe.
+      at::Tensor grad_za_rows = grad_za.narrow(0, begin, rows);
+      at::Tensor& grad_c_side = same_rows ? grad_za : grad_zc;
+      if (same_rows && one_chunk && n <= kSymmetrizeMaxRows) {
+        symmetrize(ds_ptr, n);
+        at::mm_out(grad_za, ds, za_c);
+      } else if (one_chunk) {
+        at::mm_out(grad_za_rows, ds, zc_c);
+        if (same_rows) {
+          grad_za.addmm_(ds.t(), za_c);
+        } else {
+          at::mm_out(grad_zc, ds.t(), za_c);
+        }
+      } else {
+        grad_za_rows.addmm_(ds, zc_c);
+        grad_c_side.addmm_(ds.t(), za_c.narrow(0, begin, rows));
+      }
+    }
+  });
+  return {grad_za, grad_zc};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
+    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state,
+    const at::Tensor& sim) {
+  auto [grad_za, grad_zc] = pair_stats_backward_impl(grad_stats, za, zc, a_ids, c_ids, modes,
+                                                     targets, sel, state, sim, false);
   return {grad_za.to(za.scalar_type()), grad_zc.to(zc.scalar_type())};
+}
+
+at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at::Tensor& z,
+                                         const at::Tensor& ids, at::IntArrayRef modes,
+                                         at::ArrayRef<double> targets, const Selection& sel,
+                                         const at::Tensor& state, const at::Tensor& sim) {
+  return std::get<0>(pair_stats_backward_impl(grad_stats, z, z, ids, ids, modes, targets, sel,
+                                              state, sim, true));
 }
 
 }  // namespace hycon_ext::cpu
