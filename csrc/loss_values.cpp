@@ -170,9 +170,16 @@ std::array<at::Tensor, kModalities> softmax_backward_cpu(const at::Tensor& grad_
         const scalar_t* gr = g_ptr + r * d;
         const scalar_t* zr = z_ptr + r * d;
         scalar_t* o = out_ptr[r / k] + (r % k) * d;
-        double dot = 0;
-        for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(gr[j]) * zr[j];
-        const auto mean = static_cast<scalar_t>(dot);
+        // Four partial sums: one chain of d dependent double adds took ~4 us at K = 32.
+        double dot[4] = {0, 0, 0, 0};
+        int64_t j = 0;
+        for (; j + 4 <= d; j += 4) {
+          for (int lane = 0; lane < 4; ++lane) {
+            dot[lane] += static_cast<double>(gr[j + lane]) * zr[j + lane];
+          }
+        }
+        for (; j < d; ++j) dot[0] += static_cast<double>(gr[j]) * zr[j];
+        const auto mean = static_cast<scalar_t>((dot[0] + dot[1]) + (dot[2] + dot[3]));
         for (int64_t j = 0; j < d; ++j) o[j] = zr[j] * (gr[j] - mean);
       }
     });
