@@ -1,6 +1,7 @@
 """One run, one Markdown table: hycon_loss forward + backward, ext vs pure PyTorch.
 
-    python bench/report.py [--sizes 32,128,512,2048] [--repeats 10] [--no-compile]
+    python bench/report.py [--sizes 32,128,512,2048] [--repeats 10] [--min-seconds 1]
+                           [--no-compile]
                            [--epoch] [--big] [--markdown-out FILE]
 
 Per device (CPU; CUDA when present), K and pair selection: median time of ext, the eager
@@ -36,6 +37,7 @@ from bench import cases, memory  # noqa: E402
 BIG_K = 16384
 BIG_LIMIT_BYTES = 10**9
 BIG_WARMUP_K = 1024  # warms the kernels' threads and code paths without a second long run
+MAX_ROUNDS = 2000  # --min-seconds stops adding rounds here
 EPOCH_RUNS = 2  # per backend, interleaved; the faster run is reported
 MB = 1e6
 
@@ -67,35 +69,42 @@ def header(args):
     lines += [
         f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.platform()}",
         f"- command: `{' '.join(['python bench/report.py', *sys.argv[1:]])}`",
-        f"- forward + backward, d = {cases.D}, {cases.N_CLASSES} classes, 3K rows; median of {args.repeats} "
-        "interleaved calls after warm-up; peak memory: "
+        f"- forward + backward, d = {cases.D}, {cases.N_CLASSES} classes, 3K rows; median of the "
+        f"interleaved calls after warm-up (at least {args.repeats}, more until a row has taken "
+        f"{args.min_seconds:g} s; `calls` column); peak memory: "
         f"CPU {memory.CPU_METHOD}, CUDA {memory.CUDA_METHOD}",
     ]
     return lines
 
 
-def time_interleaved(steps, device, repeats, warmup):
-    """{name: median seconds}, calling the steps in turn so that drift hits all alike."""
+def time_interleaved(steps, device, repeats, warmup, min_seconds=0.0):
+    """({name: median seconds}, calls each), calling the steps in turn so that drift hits all
+    alike: at least `repeats` rounds, more (up to MAX_ROUNDS) until the rounds have taken
+    `min_seconds`, so that millisecond rows get a median of hundreds of calls, not a dozen."""
     for step in steps.values():
         for _ in range(warmup):  # torch.compile compiles during the first call
             step()
     cases.synchronize(device)
     samples = {name: [] for name in steps}
-    for _ in range(repeats):
+    began = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or (time.perf_counter() - began < min_seconds and rounds < MAX_ROUNDS):
         for name, step in steps.items():
             start = time.perf_counter()
             step()
             cases.synchronize(device)
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
+        rounds += 1
+    return {name: statistics.median(times) for name, times in samples.items()}, rounds
 
 
 def measure_row(device, k, pair_selection, args):
     impls = [i for i in cases.LOSS_IMPLS if not (args.no_compile and i == "compiled")]
     # SupConLoss has no selection: the sel=on row times it without, for scale.
     steps = {i: cases.make_loss_step(i, k, device, pair_selection and i != "supcon") for i in impls}
-    times = time_interleaved(steps, device, args.repeats, args.warmup)
-    return {"device": device, "k": k, "sel": cases.sel_name(pair_selection), "times": times}
+    times, calls = time_interleaved(steps, device, args.repeats, args.warmup, args.min_seconds)
+    return {"device": device, "k": k, "sel": cases.sel_name(pair_selection), "times": times,
+            "calls": calls}
 
 
 MEMORY_IMPLS = ("ext", "reference")
@@ -127,8 +136,8 @@ def _ratio(num, den):
 def loss_table(rows):
     lines = [
         "| device | K | sel | ext ms | reference ms | compiled ms | SupCon ms | ref/ext | compiled/ext "
-        "| ext GFLOP/s* | ext peak MB | ref peak MB | ref/ext mem |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ext GFLOP/s* | ext peak MB | ref peak MB | ref/ext mem | calls |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         t, p = r["times"], r["peaks"]
@@ -137,7 +146,7 @@ def loss_table(rows):
             f"| {r['device']} | {r['k']} | {r['sel']} | {_ms(t['ext'])} | {_ms(t['reference'])} "
             f"| {_ms(t.get('compiled'))} | {_ms(t['supcon'])} | {_ratio(t['reference'], t['ext'])} "
             f"| {_ratio(t.get('compiled'), t['ext'])} | {flops / t['ext'] / 1e9:.3g} | {_mb(p['ext'])} "
-            f"| {_mb(p['reference'])} | {_ratio(p['reference'], p['ext'])} |"
+            f"| {_mb(p['reference'])} | {_ratio(p['reference'], p['ext'])} | {r['calls']} |"
         )
     lines += [
         "",
@@ -219,6 +228,8 @@ def parse_args(argv=None):
                    type=lambda text: cases.parse_sizes(text, source="--sizes"),
                    help="comma-separated batch sizes K")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per implementation and row")
+    p.add_argument("--min-seconds", type=float, default=1.0,
+                   help="keep adding interleaved rounds to a row until it has been timed this long")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (torch.compile compiles here)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     p.add_argument("--devices", default=",".join(cases.devices()), help="comma-separated: cpu, cuda")
@@ -228,6 +239,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.min_seconds < 0:
+        p.error(f"--min-seconds must be >= 0, got {args.min_seconds}")
     if args.warmup < 1:
         p.error(f"--warmup must be >= 1 (the first call includes compilation), got {args.warmup}")
     args.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
