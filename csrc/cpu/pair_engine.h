@@ -36,9 +36,9 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
 // pair_stats_backward when the anchors and the candidates are the same rows (za = zc = z, same
 // descriptors): dL/dz = dS z + dS^T z, in the compute dtype. With a small kept S that is one
 // GEMM on a symmetrised dS instead of two GEMMs and a sum.
-at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at::Tensor& z,
-                                         const at::Tensor& ids, at::IntArrayRef modes,
-                                         at::ArrayRef<double> targets, const Selection& sel,
-                                         const at::Tensor& state, const at::Tensor& sim = at::Tensor());
+at::Tensor pair_stats_backward_same_rows(
+    const at::Tensor& grad_stats, const at::Tensor& z, const at::Tensor& ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel,
+    const at::Tensor& state, const at::Tensor& sim = at::Tensor());
 
 }  // namespace hycon_ext::cpu
