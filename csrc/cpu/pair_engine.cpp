@@ -182,6 +182,29 @@ struct RowScratch {
   std::vector<int64_t> n_kept;
 };
 
+// Each candidate's relation to anchor a, into rel: from the int32 columns when there are some
+// (a vectorisable compare per run), else from the descriptors (three strided int64 loads a pair).
+inline void row_relations(const int64_t* a, const int64_t* c_ids, const CandidateColumns* cols,
+                          int64_t m, uint8_t* rel) {
+  if (cols == nullptr) {
+    for (int64_t j = 0; j < m; ++j) {
+      rel[j] = static_cast<uint8_t>(relation(a, c_ids + j * kDescCols));
+    }
+    return;
+  }
+  const auto a_cls = static_cast<int32_t>(a[kDescClass]);
+  const auto a_smp = static_cast<int32_t>(a[kDescSample]);
+  const int32_t* cls = cols->cls.data();
+  const int32_t* smp = cols->smp.data();
+  for (const auto& run : cols->runs) {
+    const int same_modality = run.modality == a[kDescModality] ? 2 : 0;
+    for (int64_t j = run.begin; j < run.end; ++j) {
+      rel[j] = static_cast<uint8_t>(static_cast<int>(cls[j] == a_cls) | same_modality |
+                                    static_cast<int>(smp[j] == a_smp) << 2);
+    }
+  }
+}
+
 // The row's sums of s and s^2 and counts per relation, into r (from case sums per modality run
 // when the candidates have columns), and with need_rel each candidate's relation.
 template <typename scalar_t>
@@ -206,11 +229,7 @@ void relation_sums(const scalar_t* s_row, int64_t m, const int64_t* a, const int
           r.count[rel] += count[c];
         }
       }
-      if (need_rel) {
-        for (int64_t j = 0; j < m; ++j) {
-          r.rel[j] = static_cast<uint8_t>(relation(a, c_ids + j * kDescCols));
-        }
-      }
+      if (need_rel) row_relations(a, c_ids, cols, m, r.rel.data());
       return;
     }
   }
@@ -415,10 +434,10 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
 
   // With selection the kept pairs of each side add more: keep the similarities for the
   // kept-pair tests and sum each gradient in double before rounding it once.
+  row_relations(a, c_ids, cols, m, r.rel.data());
   for (int64_t j = 0; j < m; ++j) {
-    const int rel = relation(a, c_ids + j * kDescCols);
+    const int rel = r.rel[j];
     const double p = slope[rel] * static_cast<double>(s_row[j]);
-    r.rel[j] = static_cast<uint8_t>(rel);
     r.sim[j] = s_row[j];
     r.grad[j] = lin[rel] + (sloped[rel] ? p : 0.0);
   }
@@ -605,10 +624,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
   AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_backward", [&] {
     const int64_t* a_ptr = a_c.data_ptr<int64_t>();
     const int64_t* c_ptr = c_c.data_ptr<int64_t>();
-    // Only the rows without selection use the columns.
-    const auto cols = std::is_same_v<scalar_t, float> && plan.sides.empty()
-                          ? candidate_columns(a_ptr, n, c_ptr, m)
-                          : std::nullopt;
+    const auto cols = std::is_same_v<scalar_t, float> ? candidate_columns(a_ptr, n, c_ptr, m)
+                                                      : std::nullopt;
     const scalar_t* grad_ptr = grad_c.data_ptr<scalar_t>();
     const scalar_t* state_ptr = sel.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
     for (int64_t begin = 0; begin < n; begin += chunk) {
