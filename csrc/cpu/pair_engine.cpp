@@ -205,6 +205,25 @@ inline void row_relations(const int64_t* a, const int64_t* c_ids, const Candidat
   }
 }
 
+// Calls f(begin, end) over the candidate ranges that can hold a relation in `members`, in
+// order: with columns only the modality runs whose same-modality bit (relation bit 1) some
+// member has (a mode's selected pairs are all within the anchor's modality, or all across:
+// INTRA scans a third of the row, INTER two thirds), else all of [0, m).
+template <typename F>
+void for_member_ranges(const CandidateColumns* cols, const int64_t* a, unsigned members,
+                       int64_t m, F&& f) {
+  if (cols == nullptr) {
+    f(int64_t(0), m);
+    return;
+  }
+  constexpr unsigned kSameModality = 0xCC;  // relations 2, 3, 6, 7
+  constexpr unsigned kOtherModality = 0x33;  // relations 0, 1, 4, 5
+  for (const auto& run : cols->runs) {
+    const bool same = run.modality == a[kDescModality];
+    if (members & (same ? kSameModality : kOtherModality)) f(run.begin, run.end);
+  }
+}
+
 // The row's sums of s and s^2 and counts per relation, into r (from case sums per modality run
 // when the candidates have columns), and with need_rel each candidate's relation.
 template <typename scalar_t>
@@ -268,15 +287,17 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
     Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
     Candidate<scalar_t>* q = r.candidates[mc.neg_slot].data();
     int64_t np = 0, nq = 0;
-    for (int64_t j = 0; j < m; ++j) {
-      const scalar_t s = s_row[j];
-      const unsigned valid = !std::isnan(s);
-      const unsigned rel = r.rel[j];
-      p[np] = {s, j};
-      q[nq] = {s, j};
-      np += (mc.pos_members >> rel) & valid;
-      nq += (mc.neg_members >> rel) & valid;
-    }
+    for_member_ranges(cols, a, mc.pos_members | mc.neg_members, m, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        const scalar_t s = s_row[j];
+        const unsigned valid = !std::isnan(s);
+        const unsigned rel = r.rel[j];
+        p[np] = {s, j};
+        q[nq] = {s, j};
+        np += (mc.pos_members >> rel) & valid;
+        nq += (mc.neg_members >> rel) & valid;
+      }
+    });
     r.n_candidates[mc.pos_slot] = np;
     r.n_candidates[mc.neg_slot] = nq;
   }
@@ -452,17 +473,19 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
     int64_t* p = r.kept[mc.pos_slot].data();
     int64_t* q = r.kept[mc.neg_slot].data();
     int64_t np = 0, nq = 0;
-    for (int64_t j = 0; j < m; ++j) {
-      const scalar_t s = r.sim[j];
-      const unsigned rel = r.rel[j];
-      const double jd = static_cast<double>(j);
-      const unsigned pos_kept = (s < t_p) | ((s == t_p) & (jd <= j_p));
-      const unsigned neg_kept = (s > t_n) | ((s == t_n) & (jd <= j_n));
-      p[np] = j;
-      q[nq] = j;
-      np += (mc.pos_members >> rel) & pos_kept;
-      nq += (mc.neg_members >> rel) & neg_kept;
-    }
+    for_member_ranges(cols, a, mc.pos_members | mc.neg_members, m, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        const scalar_t s = r.sim[j];
+        const unsigned rel = r.rel[j];
+        const double jd = static_cast<double>(j);
+        const unsigned pos_kept = (s < t_p) | ((s == t_p) & (jd <= j_p));
+        const unsigned neg_kept = (s > t_n) | ((s == t_n) & (jd <= j_n));
+        p[np] = j;
+        q[nq] = j;
+        np += (mc.pos_members >> rel) & pos_kept;
+        nq += (mc.neg_members >> rel) & neg_kept;
+      }
+    });
     r.n_kept[mc.pos_slot] = np;
     r.n_kept[mc.neg_slot] = nq;
   }
