@@ -552,8 +552,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
   AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_forward", [&] {
     const int64_t* a_ptr = a_c.data_ptr<int64_t>();
     const int64_t* c_ptr = c_c.data_ptr<int64_t>();
-    const auto cols = std::is_same_v<scalar_t, float> ? candidate_columns(a_ptr, n, c_ptr, m)
-                                                      : std::nullopt;
+    // Any dtype: the relations and selection scans use them; the vector sums only for float.
+    const auto cols = candidate_columns(a_ptr, n, c_ptr, m);
     scalar_t* stats_ptr = stats.data_ptr<scalar_t>();
     scalar_t* state_ptr = sel.enabled ? state.data_ptr<scalar_t>() : nullptr;
     for (int64_t begin = 0; begin < n; begin += chunk) {
@@ -647,8 +647,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
   AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_backward", [&] {
     const int64_t* a_ptr = a_c.data_ptr<int64_t>();
     const int64_t* c_ptr = c_c.data_ptr<int64_t>();
-    const auto cols = std::is_same_v<scalar_t, float> ? candidate_columns(a_ptr, n, c_ptr, m)
-                                                      : std::nullopt;
+    // Any dtype: the relations and selection scans use them; the vector sums only for float.
+    const auto cols = candidate_columns(a_ptr, n, c_ptr, m);
     const scalar_t* grad_ptr = grad_c.data_ptr<scalar_t>();
     const scalar_t* state_ptr = sel.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
     for (int64_t begin = 0; begin < n; begin += chunk) {
