@@ -57,7 +57,8 @@ inline bool ids_fit_int32(const int64_t* ids, int64_t rows) {
 
 // nullopt when the scalar loops must run: no vector support, a class or sample id of the
 // anchors (n rows) or candidates (m rows) outside int32, or modalities interleaved into short
-// runs. The ids are contiguous (rows, 3) descriptors.
+// runs. The ids are contiguous (rows, 3) descriptors. Besides the float vector loops, the
+// engine reads relations and, with selection, the runs to scan from them for any dtype.
 inline std::optional<CandidateColumns> candidate_columns(const int64_t* a_ids, int64_t n,
                                                          const int64_t* c_ids, int64_t m) {
   if (!HYCON_ROW_VECTORS || !ids_fit_int32(a_ids, n) || !ids_fit_int32(c_ids, m)) {
