@@ -82,7 +82,7 @@ void check_loss_inputs(const at::Tensor& x_l, const at::Tensor& x_a, const at::T
 at::Tensor row_descriptors(const at::Tensor& labels) {
   const int64_t k = labels.size(0);
   if (labels.is_cpu()) {
-    const at::Tensor lab = labels.to(at::kLong).contiguous();
+    const at::Tensor lab = as_dtype(labels, at::kLong).contiguous();
     at::Tensor ids = at::empty({kModalities * k, kDescCols}, lab.options());
     const int64_t* l = lab.data_ptr<int64_t>();
     int64_t* out = ids.data_ptr<int64_t>();
@@ -127,7 +127,7 @@ std::array<at::Tensor, 4> losses_from_terms(const at::Tensor& terms,
 // d loss / d terms (2, 3) from the gradients of (total, scl, iamcl, iemcl); counts get none.
 at::Tensor grad_terms_from_losses(const at::Tensor& grad_losses, const at::Tensor& terms,
                                   at::ArrayRef<double> lambdas) {
-  const at::Tensor g = grad_losses.to(terms.scalar_type()).contiguous();
+  const at::Tensor g = as_dtype(grad_losses, terms.scalar_type()).contiguous();
   if (terms.is_cpu()) {
     at::Tensor grad = at::zeros_like(terms);
     AT_DISPATCH_FLOATING_TYPES(terms.scalar_type(), "hycon_ext_loss_values_backward", [&] {
@@ -263,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
         cpu::pair_stats_backward_same_rows(grad_stats, z, ids, kModes, mode_targets(alpha), sel,
                                            state, sim.numel() > 0 ? sim : at::Tensor());
     auto [grad_l, grad_a, grad_v] = softmax_backward_cpu(grad_z, z, k);
-    return {grad_l.to(dtype), grad_a.to(dtype), grad_v.to(dtype)};
+    return {as_dtype(grad_l, dtype), as_dtype(grad_a, dtype), as_dtype(grad_v, dtype)};
   }
   auto [grad_za, grad_zc] =
       pair_terms_backward(grad_terms, z, z, ids, ids, kModes, mode_targets(alpha), gamma,

@@ -99,7 +99,7 @@ at::Tensor terms_cpu(const at::Tensor& stats, const std::vector<TermCoef>& coef)
 at::Tensor grad_stats_cpu(const at::Tensor& grad_terms, const at::Tensor& stats,
                           const std::vector<TermCoef>& coef) {
   const at::Tensor st = stats.contiguous();
-  const at::Tensor g = grad_terms.to(st.scalar_type()).contiguous();
+  const at::Tensor g = as_dtype(grad_terms, st.scalar_type()).contiguous();
   const int64_t n = st.size(0), n_modes = st.size(1);
   at::Tensor grad = at::empty_like(st);
   AT_DISPATCH_FLOATING_TYPES(st.scalar_type(), "hycon_ext_pair_terms_backward", [&] {

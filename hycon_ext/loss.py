@@ -103,8 +103,8 @@ def _check_inputs(x_l, x_a, x_v, labels):
 
 
 @torch.compiler.assume_constant_result  # torch.compile evaluates it once, at trace time
-def _ext_available(device):
-    return _ops is not None and _ops.is_available(device)
+def _ext_available(device_type):
+    return _ops is not None and _ops.is_available(device_type)
 
 
 def _resolve_backend(backend, device):
@@ -112,7 +112,7 @@ def _resolve_backend(backend, device):
     global _warned_fallback
     if backend == "reference":
         return reference
-    available = _ext_available(str(device))
+    available = _ext_available(device.type)
     if backend == "ext":
         if not available:
             raise RuntimeError(

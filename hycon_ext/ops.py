@@ -29,7 +29,8 @@ def is_available(device="cpu"):
     """True if hycon_ext._C loaded and has kernels for `device` (a torch.device or str)."""
     if _LOAD_ERROR is not None:
         return False
-    return _has_kernels(torch.device(device).type)
+    # A bare device type skips parsing into a torch.device (~0.4 us of every loss call).
+    return _has_kernels(device if device in _DISPATCH_KEYS else torch.device(device).type)
 
 
 @functools.lru_cache(maxsize=None)  # registrations are fixed once _C is loaded; lookups cost ~10 us

@@ -38,8 +38,9 @@ int64_t row_grain(int64_t m) {
 // similarities the selection saw.
 at::Tensor chunk_similarities(const at::Tensor& za, const at::Tensor& zc_t, int64_t begin,
                               int64_t rows, at::Tensor& workspace) {
-  at::Tensor s = workspace.narrow(0, 0, rows);
-  at::mm_out(s, za.narrow(0, begin, rows), zc_t);
+  // Whole tensors where the chunk is all of them (the small-batch case): two narrows less.
+  at::Tensor s = rows == workspace.size(0) ? workspace : workspace.narrow(0, 0, rows);
+  at::mm_out(s, rows == za.size(0) ? za : za.narrow(0, begin, rows), zc_t);
   return s;
 }
 
@@ -533,8 +534,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
     const Selection& sel, at::Tensor* sim) {
   const auto dtype = compute_dtype(za.scalar_type());
-  const at::Tensor za_c = za.to(dtype).contiguous();
-  const at::Tensor zc_c = zc.to(dtype).contiguous();
+  const at::Tensor za_c = as_dtype(za, dtype).contiguous();
+  const at::Tensor zc_c = as_dtype(zc, dtype).contiguous();
   const at::Tensor a_c = a_ids.contiguous();
   const at::Tensor c_c = c_ids.contiguous();
   const int64_t n = za.size(0), m = zc.size(0);
@@ -616,11 +617,11 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
     at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state,
     const at::Tensor& sim, bool same_rows) {
   const auto dtype = compute_dtype(za.scalar_type());
-  const at::Tensor za_c = za.to(dtype).contiguous();
-  const at::Tensor zc_c = same_rows ? za_c : zc.to(dtype).contiguous();
+  const at::Tensor za_c = as_dtype(za, dtype).contiguous();
+  const at::Tensor zc_c = same_rows ? za_c : as_dtype(zc, dtype).contiguous();
   const at::Tensor a_c = a_ids.contiguous();
   const at::Tensor c_c = same_rows ? a_c : c_ids.contiguous();
-  const at::Tensor grad_c = grad_stats.to(dtype).contiguous();
+  const at::Tensor grad_c = as_dtype(grad_stats, dtype).contiguous();
   const at::Tensor state_c = sel.enabled ? state.contiguous() : at::Tensor();
   const int64_t n = za.size(0), m = zc.size(0), d = za.size(1);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
@@ -699,7 +700,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& sim) {
   auto [grad_za, grad_zc] = pair_stats_backward_impl(grad_stats, za, zc, a_ids, c_ids, modes,
                                                      targets, sel, state, sim, false);
-  return {grad_za.to(za.scalar_type()), grad_zc.to(zc.scalar_type())};
+  return {as_dtype(grad_za, za.scalar_type()), as_dtype(grad_zc, zc.scalar_type())};
 }
 
 at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at::Tensor& z,
