@@ -1,14 +1,17 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv, build the extension, train HyCon on the embedded IEMOCAP demo data
-#   make test   set up .venv, build the extension, run the tests (and the CUDA compile check if nvcc exists)
+#   make test   set up .venv, build the extension, run the tests (then the LibTorch CMake build and
+#               its ctest where cmake exists, and the CUDA compile check where nvcc exists)
 PYTHON ?= python3
 VENV ?= .venv
 # The torch to build against. The default is the CPU build; for a GPU use e.g. TORCH_SPEC="torch==2.14.1".
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
+CMAKE := $(shell command -v cmake 2>/dev/null)
+CMAKE_BUILD ?= build/cmake
 NVCC := $(or $(wildcard $(CUDA_HOME)/bin/nvcc),$(wildcard /usr/local/cuda/bin/nvcc),$(shell command -v nvcc 2>/dev/null))
 
-.PHONY: setup demo test test-cuda-build bench report clean
+.PHONY: setup demo test test-cmake test-cuda-build bench report clean
 
 setup: $(VENV)/.installed
 
@@ -26,9 +29,20 @@ demo: setup
 
 test: setup
 	OMP_NUM_THREADS=2 $(PY) -m pytest tests bench --benchmark-disable -q
+ifneq ($(CMAKE),)
+	$(MAKE) test-cmake
+endif
 ifneq ($(NVCC),)
 	$(MAKE) test-cuda-build
 endif
+
+# CMakeLists.txt builds the same sources as a LibTorch C++ library; its ctest (csrc/test) calls
+# the ops and their autograd from C++. Built here so that it cannot rot unnoticed (~2 min).
+test-cmake: setup
+	cmake -S . -B $(CMAKE_BUILD) $(if $(shell command -v ninja 2>/dev/null),-G Ninja) \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build $(CMAKE_BUILD)
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
 # Proves the CUDA kernels compile and link against a CUDA torch, on a machine without a GPU.
 test-cuda-build:
