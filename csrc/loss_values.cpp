@@ -96,7 +96,7 @@ at::Tensor row_descriptors(const at::Tensor& labels) {
     return ids;
   }
   const auto opts = labels.options().dtype(at::kLong);
-  return at::stack({labels.to(at::kLong).repeat({kModalities}),
+  return at::stack({as_dtype(labels, at::kLong).repeat({kModalities}),
                     at::arange(kModalities, opts).repeat_interleave(k),
                     at::arange(k, opts).repeat({kModalities})},
                    1);
@@ -271,9 +271,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
   const at::Tensor grad_z = grad_za.add_(grad_zc);
   std::array<at::Tensor, kModalities> grad_x;
   for (int64_t m = 0; m < kModalities; ++m) {
-    grad_x[m] = at::_softmax_backward_data(grad_z.narrow(0, m * k, k), z.narrow(0, m * k, k),
-                                           1, z.scalar_type())
-                    .to(dtype);
+    grad_x[m] = as_dtype(at::_softmax_backward_data(grad_z.narrow(0, m * k, k),
+                                                    z.narrow(0, m * k, k), 1, z.scalar_type()),
+                         dtype);
   }
   return {grad_x[0], grad_x[1], grad_x[2]};
 }

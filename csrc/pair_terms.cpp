@@ -138,7 +138,7 @@ at::Tensor terms_generic(const at::Tensor& stats, const std::vector<TermCoef>& c
 
 at::Tensor grad_stats_generic(const at::Tensor& grad_terms, const at::Tensor& stats,
                               const std::vector<TermCoef>& coef) {
-  const at::Tensor g = grad_terms[0].to(stats.scalar_type());
+  const at::Tensor g = as_dtype(grad_terms[0], stats.scalar_type());
   const at::Tensor c = coefficient_table(coef, stats);
   const at::Tensor pos = stats.select(2, kPosSum), neg = stats.select(2, kNegSum);
   const at::Tensor count = stats.select(2, kPosCount);

@@ -14,9 +14,9 @@ namespace {
 at::Tensor similarity_kernel(const at::Tensor& x, const at::Tensor& y) {
   check_similarity_inputs(x, y);
   const auto dtype = compute_dtype(x.scalar_type());
-  const at::Tensor zx = at::softmax(x.to(dtype), 1);
-  const at::Tensor zy = at::softmax(y.to(dtype), 1);
-  return at::mm(zx, zy.t()).to(x.scalar_type());
+  const at::Tensor zx = at::softmax(as_dtype(x, dtype), 1);
+  const at::Tensor zy = at::softmax(as_dtype(y, dtype), 1);
+  return as_dtype(at::mm(zx, zy.t()), x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> similarity_backward_kernel(
@@ -25,15 +25,15 @@ std::tuple<at::Tensor, at::Tensor> similarity_backward_kernel(
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == x.size(0) && grad.size(1) == y.size(0),
               "grad must have shape (", x.size(0), ", ", y.size(0), "), got ", grad.sizes());
   const auto dtype = compute_dtype(x.scalar_type());
-  const at::Tensor zx = at::softmax(x.to(dtype), 1);
-  const at::Tensor zy = at::softmax(y.to(dtype), 1);
-  const at::Tensor g = grad.to(dtype);
+  const at::Tensor zx = at::softmax(as_dtype(x, dtype), 1);
+  const at::Tensor zy = at::softmax(as_dtype(y, dtype), 1);
+  const at::Tensor g = as_dtype(grad, dtype);
   // Softmax backward: dz -> z * (dz - <dz, z>) per row.
   const at::Tensor gzx = at::mm(g, zy);
   const at::Tensor gzy = at::mm(g.t(), zx);
   const at::Tensor gx = zx * (gzx - (gzx * zx).sum(1, /*keepdim=*/true));
   const at::Tensor gy = zy * (gzy - (gzy * zy).sum(1, /*keepdim=*/true));
-  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+  return {as_dtype(gx, x.scalar_type()), as_dtype(gy, y.scalar_type())};
 }
 
 }  // namespace

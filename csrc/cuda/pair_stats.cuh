@@ -297,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
   const c10::cuda::CUDAGuard guard(za.device());
   const auto ct = compute_dtype(za.scalar_type());
   // Upcast once: float16 / bfloat16 rows are multiplied and reduced in float32.
-  const at::Tensor za_c = za.to(ct).contiguous(), zc_c = zc.to(ct).contiguous();
+  const at::Tensor za_c = as_dtype(za, ct).contiguous(), zc_c = as_dtype(zc, ct).contiguous();
   const at::Tensor a_rows = a_ids.contiguous(), c_cols = columns_of(c_ids);
   const int64_t n = za.size(0), m = zc.size(0), n_modes = modes.size();
   at::Tensor stats = at::empty({n, n_modes, kStatCols}, za_c.options());
@@ -336,9 +336,9 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& state) {
   const c10::cuda::CUDAGuard guard(za.device());
   const auto ct = compute_dtype(za.scalar_type());
-  const at::Tensor za_c = za.to(ct).contiguous(), zc_c = zc.to(ct).contiguous();
-  const at::Tensor grad_c = grad_stats.to(ct).contiguous();
-  const at::Tensor state_c = kSelect ? state.to(ct).contiguous() : at::Tensor();
+  const at::Tensor za_c = as_dtype(za, ct).contiguous(), zc_c = as_dtype(zc, ct).contiguous();
+  const at::Tensor grad_c = as_dtype(grad_stats, ct).contiguous();
+  const at::Tensor state_c = kSelect ? as_dtype(state, ct).contiguous() : at::Tensor();
   const at::Tensor a_rows = a_ids.contiguous(), c_cols = columns_of(c_ids);
   const int64_t n = za.size(0), m = zc.size(0), n_modes = modes.size();
   at::Tensor grad_za = at::empty_like(za_c);
@@ -372,7 +372,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
       grad_zc.addmm_(dsim.t(), za_rows);
     }
   });
-  return {grad_za.to(za.scalar_type()), grad_zc.to(zc.scalar_type())};
+  return {as_dtype(grad_za, za.scalar_type()), as_dtype(grad_zc, zc.scalar_type())};
 }
 
 }  // namespace cuda
