@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .loss import (HyConOutput, HyConTerms, _check_inputs, _check_lambdas, hycon_loss,
+from .loss import (HyConOutput, HyConTerms, _check_inputs, check_options, hycon_loss,
                    hycon_terms, terms_to_output)
 from .pairs import N_MODALITIES, row_descriptors
 
@@ -104,7 +104,8 @@ def hycon_loss_distributed(x_l, x_a, x_v, labels, *, group=None, scale_for_ddp=T
     Outside an initialised process group it is hycon_loss.
     """
     _check_inputs(x_l, x_a, x_v, labels)
-    _check_lambdas(lambdas)
+    # before any collective, so that bad options fail on every rank alike instead of hanging
+    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend)
     options = dict(alpha=alpha, beta=beta, gamma=gamma, pair_selection=pair_selection,
                    select_positives=select_positives, select_negatives=select_negatives,
                    refinement=refinement, backend=backend)

@@ -4,6 +4,7 @@ Semantics and equations: docs/losses.md. hycon_loss makes one `loss_values` call
 hycon_terms one `pair_terms` call (docs/design.md): the extension's op or its pure-PyTorch twin.
 """
 
+import math
 import numbers
 import warnings
 from typing import NamedTuple
@@ -53,23 +54,40 @@ def _is_real(value):
     return type(value) is float or isinstance(value, numbers.Real)
 
 
-def _check_options(alpha, beta, gamma, backend):
+def check_options(*, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), backend="auto"):
+    """Validate the options of every HyCon entry point (ranges: docs/losses.md).
+
+    The defaults are valid, so a caller passes the options it takes. TypeError for a
+    non-number alpha; ValueError naming the argument otherwise: alpha in (0, 1] (the
+    refinement target of pairs whose similarity lies in (0, 1); 1 is no margin), beta in
+    (0, 1], gamma finite and > 0 (s_p + gamma > 0, eq. 14), lambdas three finite numbers
+    >= 0, backend one of BACKENDS. NaN fails every range test.
+    """
     if not _is_real(alpha):
         raise TypeError(f"alpha: expected a number, got {type(alpha).__name__}")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha: expected a number in (0, 1] (1 = no modality margin), got {alpha!r}")
     if not _is_real(beta) or not 0 < beta <= 1:
         raise ValueError(f"beta: expected a number in (0, 1], got {beta!r}")
-    if not _is_real(gamma) or not gamma > 0:
-        raise ValueError(f"gamma: expected a number > 0, got {gamma!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-
-
-def _check_lambdas(lambdas):
+    if not _is_real(gamma) or not 0 < gamma < math.inf:
+        raise ValueError(f"gamma: expected a number > 0 and finite, got {gamma!r}")
     if (isinstance(lambdas, (str, bytes)) or not hasattr(lambdas, "__len__")
             or len(lambdas) != 3 or not all(map(_is_real, lambdas))):
         raise ValueError(
             "lambdas: expected three numbers (lambda1 for IAMCL, lambda2 for IEMCL, "
             f"lambda3 for SCL), got {lambdas!r}")
+    if not all(0 <= value < math.inf for value in lambdas):
+        raise ValueError(f"lambdas: expected three finite numbers >= 0, got {tuple(lambdas)!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+
+def _check_not_meta(name, tensor):
+    # A meta tensor has no values to compute a loss from; torch.compile never passes one here
+    # (its FakeTensors report the real device), it reaches the fake kernels in ops.py instead.
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name}: meta tensors are not supported by the eager loss (they hold no "
+                         "values); pass tensors on cpu or cuda")
 
 
 def _check_inputs(x_l, x_a, x_v, labels):
@@ -90,6 +108,7 @@ def _check_inputs(x_l, x_a, x_v, labels):
             raise TypeError(f"{name}: expected the dtype of x_l ({dtype}), got {x.dtype}")
         if x.device != device:
             raise ValueError(f"{name}: expected the device of x_l ({device}), got {x.device}")
+    _check_not_meta("x_l", x_l)
     k, d = shape
     if k < 1 or d < 1:
         raise ValueError(f"x_l: expected at least one sample and one feature, got shape {(k, d)}")
@@ -100,6 +119,7 @@ def _check_inputs(x_l, x_a, x_v, labels):
         raise TypeError(f"labels: expected integer class ids, got dtype {labels.dtype}")
     if labels.shape != (k,):
         raise ValueError(f"labels: expected shape (K,) = ({k},), got {tuple(labels.shape)}")
+    _check_not_meta("labels", labels)
 
 
 @torch.compiler.assume_constant_result  # torch.compile evaluates it once, at trace time
@@ -114,6 +134,9 @@ def _resolve_backend(backend, device):
         return reference
     available = _ext_available(device.type)
     if backend == "ext":
+        if not available and device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"backend='ext': the hycon_ext kernels exist for cpu and cuda only, "
+                               f"not {device}; pass backend='reference'")
         if not available:
             raise RuntimeError(
                 f"backend='ext': the hycon_ext kernels are not built for device {device}; "
@@ -133,7 +156,7 @@ def _resolve_backend(backend, device):
 
 def terms_to_output(terms, lambdas=(1.0, 1.0, 1.0)):
     """HyConOutput from (possibly all-reduced) terms; a term with count 0 is 0."""
-    _check_lambdas(lambdas)
+    check_options(lambdas=lambdas)
     return HyConOutput(*reference.combine_terms(terms.sums, terms.counts, lambdas))
 
 
@@ -152,7 +175,7 @@ def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.
     Returns HyConTerms(sums, counts), each (3,) ordered (iamcl, iemcl, scl);
     terms_to_output(HyConTerms(all_reduced_sums, all_reduced_counts), lambdas) gives the loss.
     """
-    _check_options(alpha, beta, gamma, backend)
+    check_options(alpha=alpha, beta=beta, gamma=gamma, backend=backend)
     for name, z in (("z_anchor", z_anchor), ("z_cand", z_cand)):
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or not z.is_floating_point():
             raise ValueError(f"{name}: expected a 2-D floating tensor of softmax-normalised rows")
@@ -171,6 +194,7 @@ def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.
         if ids.device != z_anchor.device:
             raise ValueError(
                 f"{name}: expected the device of z_anchor ({z_anchor.device}), got {ids.device}")
+    _check_not_meta("z_anchor", z_anchor)
     if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
         raise ValueError(f"n_samples: expected a positive integer, got {n_samples!r}")
     ops = _resolve_backend(backend, z_anchor.device)
@@ -192,8 +216,7 @@ def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
     (ext when built for the inputs' device, else reference with a one-time warning).
     """
     _check_inputs(x_l, x_a, x_v, labels)
-    _check_options(alpha, beta, gamma, backend)
-    _check_lambdas(lambdas)
+    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend)
     ops = _resolve_backend(backend, x_l.device)
     return HyConOutput(*ops.loss_values(
         x_l, x_a, x_v, labels.to(x_l.device), alpha, lambdas,
@@ -208,8 +231,7 @@ class HyConLoss(nn.Module):
                  pair_selection=False, select_positives=True, select_negatives=True,
                  refinement=True, backend="auto"):
         super().__init__()
-        _check_options(alpha, beta, gamma, backend)
-        _check_lambdas(lambdas)
+        check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend)
         self.options = dict(
             alpha=alpha, beta=beta, gamma=gamma, lambdas=tuple(lambdas),
             pair_selection=pair_selection, select_positives=select_positives,

@@ -1,0 +1,81 @@
+"""check_options: every entry point of the loss refuses out-of-range options the same way,
+naming the argument; meta tensors get an error that says what is wrong."""
+import math
+
+import pytest
+import torch
+
+from hycon_ext import HyConLoss, HyConTerms, hycon_loss, hycon_terms, terms_to_output
+from hycon_ext import pairs
+from hycon_ext.distributed import hycon_loss_distributed
+from hycon_ext.loss import check_options
+
+NAN, INF = math.nan, math.inf
+BAD = [
+    (dict(alpha=NAN), "alpha: expected a number in \\(0, 1\\]"),
+    (dict(alpha=-5.0), "alpha: expected a number in \\(0, 1\\]"),
+    (dict(alpha=0.0), "alpha: expected"),
+    (dict(alpha=1.5), "alpha: expected"),
+    (dict(alpha=INF), "alpha: expected"),
+    (dict(beta=NAN), "beta: expected a number in \\(0, 1\\]"),
+    (dict(beta=0.0), "beta: expected"),
+    (dict(beta=1.01), "beta: expected"),
+    (dict(gamma=NAN), "gamma: expected a number > 0 and finite"),
+    (dict(gamma=INF), "gamma: expected"),
+    (dict(gamma=0.0), "gamma: expected"),
+    (dict(lambdas=(1.0, NAN, 1.0)), "lambdas: expected three finite numbers >= 0"),
+    (dict(lambdas=(INF, 1.0, 1.0)), "lambdas: expected three finite numbers >= 0"),
+    (dict(lambdas=(1.0, 1.0, -0.5)), "lambdas: expected three finite numbers >= 0"),
+]
+
+
+def _batch(k=4, d=3):
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(k, d, generator=g, dtype=torch.float64) for _ in range(3)]
+    return (*xs, torch.tensor([0, 1, 0, 1])[:k])
+
+
+@pytest.mark.parametrize("options, match", BAD)
+def test_every_entry_point_refuses_out_of_range_options(options, match):
+    batch = _batch()
+    with pytest.raises(ValueError, match=match):
+        check_options(**options)
+    with pytest.raises(ValueError, match=match):
+        hycon_loss(*batch, backend="reference", **options)
+    with pytest.raises(ValueError, match=match):
+        HyConLoss(**options)
+    with pytest.raises(ValueError, match=match):  # outside a process group it is hycon_loss
+        hycon_loss_distributed(*batch, backend="reference", **options)
+    if "lambdas" in options:
+        with pytest.raises(ValueError, match=match):
+            terms_to_output(HyConTerms(torch.ones(3), torch.ones(3)), options["lambdas"])
+    else:
+        z = torch.softmax(torch.cat(batch[:3]), -1)
+        ids = pairs.row_descriptors(batch[3], 3)
+        with pytest.raises(ValueError, match=match):
+            hycon_terms(z, z, ids, ids, n_samples=4, backend="reference", **options)
+
+
+@pytest.mark.parametrize("options", [dict(alpha=1.0), dict(alpha=1e-6), dict(beta=1.0),
+                                     dict(gamma=1e-3), dict(lambdas=(0.0, 0.0, 0.0)),
+                                     dict(lambdas=(2, 0, 3))])
+def test_the_range_ends_that_belong_to_the_range_are_accepted(options):
+    check_options(**options)
+    out = hycon_loss(*_batch(), backend="reference", **options)
+    assert torch.isfinite(out.total)
+
+
+def test_meta_inputs_are_refused_naming_the_argument():
+    x_l, x_a, x_v, labels = _batch()
+    meta = [x.to("meta") for x in (x_l, x_a, x_v)]
+    for backend in ("reference", "auto", "ext"):
+        with pytest.raises(ValueError, match="x_l: meta tensors are not supported by the eager loss"):
+            hycon_loss(*meta, labels, backend=backend)
+    with pytest.raises(ValueError, match="labels: meta tensors are not supported"):
+        hycon_loss(x_l, x_a, x_v, labels.to("meta"), backend="reference")
+    with pytest.raises(ValueError, match="labels: meta tensors"):
+        hycon_loss_distributed(x_l, x_a, x_v, labels.to("meta"), backend="reference")
+    z = torch.softmax(torch.cat(meta), -1)
+    ids = pairs.row_descriptors(labels, 3).to("meta")
+    with pytest.raises(ValueError, match="z_anchor: meta tensors"):
+        hycon_terms(z, z, ids, ids, n_samples=4, backend="reference")
