@@ -12,17 +12,22 @@ import os
 import shutil
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")  # nvcc-only toolkit here; fixes -lcudart
+# Commands that package the sources without compiling them (an sdist, metadata queries) work
+# without torch; building the extension needs the torch it will run with.
+_SOURCE_ONLY = {"sdist", "egg_info", "dist_info", "--version", "--name"}
 
-import torch  # noqa: E402  (after CUDA_HOME: cpp_extension reads it at import)
-from torch.utils.cpp_extension import (  # noqa: E402
-    BuildExtension,
-    CppExtension,
-    CUDAExtension,
-)
+try:
+    import torch  # after CUDA_HOME: cpp_extension reads it at import
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+except ImportError:
+    if not _SOURCE_ONLY.intersection(sys.argv[1:]):
+        sys.exit("error: building hycon_ext needs torch installed first, then "
+                 "`pip install -e . --no-build-isolation` (see README.md)")
+    torch = None
 
 
 def _sources(pattern):
@@ -61,7 +66,7 @@ def _extension():
     # The shared libstdc++, named explicitly so that it wins over a static one that the
     # toolchain may add (-static-libstdc++): an extension with its own uninitialised copy of
     # libstdc++'s iostreams loses (gcc 12) or crashes on (gcc 13) every number in its error
-    # messages. Seen on the GPU image of 2026-11-26; docs/gpu.md.
+    # messages (docs/gpu.md).
     link = ["-fopenmp", "-Wl,--no-as-needed", "-lstdc++", "-Wl,--as-needed"]
     if _use_cuda():
         return CUDAExtension(
@@ -80,13 +85,9 @@ def _extension():
     )
 
 
+# Package metadata lives in pyproject.toml; this file only describes the compiled extension.
 setup(
-    name="hycon-ext",
-    version="0.1.0",
-    description="Fast HyCon contrastive losses (C++/CUDA custom ops for PyTorch)",
-    packages=find_packages(include=["hycon_ext", "hycon_ext.*"]),
-    python_requires=">=3.9",
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    ext_modules=[_extension()] if torch is not None else [],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)} if torch is not None else {},
     zip_safe=False,
 )
