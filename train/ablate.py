@@ -135,13 +135,13 @@ def row_summary(row, summaries, seeds):
 
 
 def _cell(key, mean, std):
-    if key in ("MAE", "Corr"):
+    if key.startswith(("MAE", "Corr")):
         return f"{mean:.3f} ± {std:.3f}"
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
 def _paper(key, value):
-    return f"{value:.3f}" if key in ("MAE", "Corr") else f"{value:.1f}"
+    return f"{value:.3f}" if key.startswith(("MAE", "Corr")) else f"{value:.1f}"
 
 
 def write_outputs(out, table, entries, meta):

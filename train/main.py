@@ -6,6 +6,8 @@ Several processes: torchrun --nproc_per_node N train/main.py ... (DDP; docs/dist
 """
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,8 @@ if not __package__:  # run as a script: make `import train.*` work from any dire
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from train import distributed  # noqa: E402
+from train import checkpoint, distributed  # noqa: E402
+from train.checks import check_args, lambda_list, seed_list  # noqa: E402
 from train.engine import TrainSettings, run_seed  # noqa: E402
 from train.fusion import FUSIONS  # noqa: E402
 from train.metrics import CONVENTIONS, SENTIMENT_COLUMNS, emotion_columns  # noqa: E402
@@ -26,12 +29,18 @@ from train.objectives import CONTRASTIVE_LOSSES, PAIR_CLASSES, pair_classes  # n
 PAPER_LR = 2e-5
 DEFAULT_EPOCHS = 40
 DEMO_EPOCHS = 8
+# The paper sums L_hybrid over the samples (3.5) and its lambdas were chosen for that.
+HYBRID_REDUCTION = "sum"
 DEMO_LR = 1e-3  # 2e-5 needs far more epochs than a one-minute demo allows
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="train/main.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="Exit status 2: a flag out of its range, a missing or malformed data file, or "
+                                       "a checkpoint that cannot be resumed, said in one line on stderr. Exit status "
+                                       "130: interrupted (Ctrl-C); the finished epochs are kept and the last line "
+                                       "gives the command that continues the run.")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, choices=["iemocap", "mosi", "mosei"])
     g.add_argument("--data-dir", default="data/", help="folder holding the dataset's standard file")
@@ -47,10 +56,10 @@ def build_parser():
                         "bert/xlnet over tokens (the paper's choice for MOSI/MOSEI; needs --pretrained)")
     g.add_argument("--pretrained", default=None,
                    help="local path or Hugging Face cache name of the bert/xlnet model (never downloaded)")
-    g.add_argument("--d", type=int, default=50, help="size of each unimodal representation")
-    g.add_argument("--layers", type=int, default=1, help="Transformer layers per modality")
-    g.add_argument("--heads", type=int, default=5, help="attention heads (must divide --d)")
-    g.add_argument("--dropout", type=float, default=0.1)
+    g.add_argument("--d", type=int, default=50, help="size of each unimodal representation (>= 1)")
+    g.add_argument("--layers", type=int, default=1, help="Transformer layers per modality (>= 0)")
+    g.add_argument("--heads", type=int, default=5, help="attention heads (>= 1, must divide --d)")
+    g.add_argument("--dropout", type=float, default=0.1, help="dropout probability, in [0, 1)")
     g.add_argument("--fusion", default="add", choices=FUSIONS)
     g = p.add_argument_group("contrastive loss (eqs. 6-20)")
     g.add_argument("--contrastive-loss", default="hycon", choices=CONTRASTIVE_LOSSES,
@@ -58,11 +67,13 @@ def build_parser():
     g.add_argument("--pair-classes", default="sign", choices=PAIR_CLASSES,
                    help="classes of the pairs for MOSI/MOSEI: sign (>= 0 vs < 0, paper), sign-nonzero (zero "
                         "labels are a class of their own), 7class; IEMOCAP always uses the present emotion")
-    g.add_argument("--alpha", type=float, default=0.8, help="modality margin")
+    g.add_argument("--alpha", type=float, default=0.8, help="modality margin, in (0, 1] (1 = no margin)")
     g.add_argument("--beta", type=float, default=0.2,
-                   help="pair selection: h = max(1, floor(beta * K)), K the global batch")
-    g.add_argument("--gamma", type=float, default=1.0, help="pair selection: w_p = softmax(1 / (s_p + gamma))")
-    g.add_argument("--lambdas", default="1,1,1", help="lambda1,lambda2,lambda3 of IAMCL, IEMCL, SCL")
+                   help="pair selection: h = max(1, floor(beta * K)), K the global batch; in (0, 1]")
+    g.add_argument("--gamma", type=float, default=1.0,
+                   help="pair selection: w_p = softmax(1 / (s_p + gamma)); finite, > 0")
+    g.add_argument("--lambdas", default="1,1,1",
+                   help="lambda1,lambda2,lambda3 of IAMCL, IEMCL, SCL; finite, >= 0")
     g.add_argument("--pair-selection", action="store_true", help="HyCon-v2 (eqs. 13-15)")
     g.add_argument("--no-positive-selection", action="store_true", help="HyCon-v2 without positive selection")
     g.add_argument("--no-negative-selection", action="store_true", help="HyCon-v2 without negative selection")
@@ -73,22 +84,34 @@ def build_parser():
     g.add_argument("--no-iemcl", action="store_true", help="lambda2 = 0")
     g.add_argument("--no-scl", action="store_true", help="lambda3 = 0")
     g.add_argument("--backend", default="auto", choices=["auto", "ext", "reference"], help="hycon_ext backend")
+    g.add_argument("--hybrid-reduction", default=HYBRID_REDUCTION, choices=["mean", "sum"],
+                   help="L_hybrid over the anchors of a batch: sum (the paper, 3.5: 'summed over all data samples'; "
+                        "the contrastive terms then weigh about 3K times more against the task loss than with mean, "
+                        "so lambdas tuned under one do not carry over to the other) or mean (each term averaged "
+                        "over its anchors, independent of K)")
+    g.add_argument("--memory-size", type=int, default=0,
+                   help="cross-batch memory of the Q most recent samples' representations (0 = off): each batch's "
+                        "anchors are also paired with them, h = max(1, floor(beta (K + Q_now))); hycon only; saved "
+                        "in the checkpoint, so --resume continues with it")
     g = p.add_argument_group("optimisation and output")
     g.add_argument("--lr", type=float, default=None,
-                   help=f"Adam learning rate; default {PAPER_LR} as stated in the paper (sic: small for the "
-                        f"non-pretrained parts), {DEMO_LR} with --demo")
+                   help=f"Adam learning rate, finite and > 0; default {PAPER_LR} as stated in the paper (sic: "
+                        f"small for the non-pretrained parts), {DEMO_LR} with --demo")
     g.add_argument("--text-lr", type=float, default=None, help="learning rate of a pretrained text encoder "
                                                                "(default: --lr)")
     g.add_argument("--epochs", type=int, default=None,
-                   help=f"default {DEFAULT_EPOCHS} (the paper does not state it), {DEMO_EPOCHS} with --demo")
+                   help=f">= 1; default {DEFAULT_EPOCHS} (the paper does not state it), {DEMO_EPOCHS} with --demo")
     g.add_argument("--batch-size", type=int, default=32,
-                   help="mini-batch size per process (not stated in the paper); under torchrun the global batch "
+                   help="mini-batch size per process, >= 1 (not stated in the paper); under torchrun the global batch "
                         "K, whose samples the contrastive pairs span, is --batch-size x the number of processes")
     g.add_argument("--seed", type=int, default=1)
-    g.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 1,2,3,4,5 (mean and std)")
+    g.add_argument("--seeds", default=None, help="comma-separated seeds, each once, e.g. 1,2,3,4,5 (mean and std)")
     g.add_argument("--out", default="runs/hycon", help="results.json, results.csv, seed*/ checkpoints")
-    g.add_argument("--resume", action="store_true", help="continue each seed from OUT/seed<N>/last.pt")
-    g.add_argument("--tsne", action="store_true", help="write OUT/tsne_seed<N>.png of the fused test representations")
+    g.add_argument("--resume", action="store_true",
+                   help="continue each seed from OUT/seed<N>/last.pt; the flags that change the model, the data or "
+                        "the optimisation must be those of the checkpoint (--epochs may grow)")
+    g.add_argument("--tsne", action="store_true", help="write OUT/tsne_seed<N>.png of the fused test representations "
+                                                       "(after the results; a failed plot is a warning)")
     g.add_argument("--metrics-convention", default="magbert", choices=sorted(CONVENTIONS),
                    help="; ".join(f"{k} = {v}" for k, v in CONVENTIONS.items()))
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...; under "
@@ -97,21 +120,9 @@ def build_parser():
     return p
 
 
-def _int_list(text, name):
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
-
-
 def loss_settings(args):
     """Keyword arguments of hybrid_loss from the ablation flags; errors for flags that would do nothing."""
-    try:
-        lambdas = [float(x) for x in args.lambdas.split(",")]
-    except ValueError:
-        lambdas = []
-    if len(lambdas) != 3:
-        raise ValueError(f"--lambdas: expected three comma-separated numbers, got {args.lambdas!r}")
+    lambdas = lambda_list(args)
     for i, off in enumerate((args.no_iamcl, args.no_iemcl, args.no_scl)):
         if off:
             lambdas[i] = 0.0
@@ -120,8 +131,13 @@ def loss_settings(args):
     if args.contrastive_loss != "hycon" and (args.pair_selection or args.no_refinement):
         raise ValueError(f"--pair-selection/--no-refinement: apply to --contrastive-loss hycon only, "
                          f"not {args.contrastive_loss!r}")
+    if args.memory_size < 0:
+        raise ValueError(f"--memory-size: expected an integer >= 0 (0 = off), got {args.memory_size}")
+    if args.memory_size and (args.contrastive_loss != "hycon" or args.no_contrastive):
+        raise ValueError("--memory-size: applies to the hycon loss only (not with --no-contrastive or a "
+                         "--contrastive-loss comparison loss)")
     kw = dict(alpha=1.0 if args.no_margin else args.alpha, beta=args.beta, gamma=args.gamma,
-              lambdas=tuple(lambdas), backend=args.backend)
+              lambdas=tuple(lambdas), reduction=args.hybrid_reduction, backend=args.backend)
     if args.contrastive_loss == "hycon":
         kw.update(pair_selection=args.pair_selection, select_positives=not args.no_positive_selection,
                   select_negatives=not args.no_negative_selection, refinement=not args.no_refinement)
@@ -137,7 +153,12 @@ def load_data(args, out, ctx, log):
             raise ValueError(f"--text-encoder {args.text_encoder}: --pretrained NAME_OR_PATH is required")
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.pretrained, local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.pretrained, local_files_only=True)
+        except (OSError, ValueError):  # transformers' messages run for lines and speak of repo ids
+            raise FileNotFoundError(f"--pretrained {args.pretrained}: no tokenizer found there (expected a folder "
+                                    f"written by save_pretrained, or the name of a model in the Hugging Face "
+                                    f"cache; nothing is downloaded)") from None
     data_dir = Path(args.data_dir)
     if args.demo:
         data_dir = out / "demo-data"
@@ -160,20 +181,30 @@ def summarise(results):
 
 def _fmt(key, value):
     # accuracies and F1 in percent as the paper's tables; MAE and Corr as fractions
-    return f"{value:.3f}" if key in ("MAE", "Corr") else f"{100 * value:.1f}"
+    return f"{value:.3f}" if key.startswith(("MAE", "Corr")) else f"{100 * value:.1f}"
 
 
 def format_table(columns, rows):
-    """rows: list of (name, metrics dict). A fixed-width text table."""
-    width = max(6, *(len(c) for c in columns))
-    lines = ["".ljust(10) + "".join(c.rjust(width + 1) for c in columns)]
-    for name, m in rows:
-        lines.append(name.ljust(10) + "".join(_fmt(c, m[c]).rjust(width + 1) for c in columns))
+    """rows: list of (name, metrics dict). A text table whose columns are as wide as their widest
+    cell, with two spaces between cells however wide a number is."""
+    cells = [[_fmt(c, m[c]) for c in columns] for _, m in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    name_width = max(8, *(len(name) for name, _ in rows))
+    lines = [" " * name_width + "".join("  " + c.rjust(w) for c, w in zip(columns, widths))]
+    for (name, _), row in zip(rows, cells):
+        lines.append(name.ljust(name_width) + "".join("  " + v.rjust(w) for v, w in zip(row, widths)))
     return "\n".join(lines)
 
 
+def ordered_metrics(metrics, columns):
+    """metrics with the table's columns first, then the other variants in their own order: the
+    order of the printout, of results.json and of results.csv."""
+    return {**{c: metrics[c] for c in columns}, **{k: v for k, v in metrics.items() if k not in columns}}
+
+
 def write_results(out, summary):
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    """results.json and results.csv, each written atomically (checkpoint.write_text)."""
+    checkpoint.write_text(out / "results.json", json.dumps(summary, indent=2))
     keys = list(summary["seeds"][0]["test"].keys())
     lines = ["row," + ",".join(keys + ["params", "train_time_s", "best_epoch"])]
     for r in summary["seeds"]:
@@ -181,7 +212,7 @@ def write_results(out, summary):
                      + f",{r['params']},{r['train_time_s']:.3f},{r['best_epoch']}")
     for name in ("mean", "std"):
         lines.append(f"{name}," + ",".join(f"{summary[name][k]:.6g}" for k in keys) + ",,,")
-    (out / "results.csv").write_text("\n".join(lines) + "\n")
+    checkpoint.write_text(out / "results.csv", "\n".join(lines) + "\n")
 
 
 def _device(args, ctx):
@@ -199,6 +230,7 @@ def _device(args, ctx):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_args(args)  # before anything starts: a bad flag costs no data loading, no process group
     # a no-op without torchrun; --device cpu makes a GPU machine use gloo on the CPU
     ctx = distributed.init_from_env(backend="gloo" if args.device == "cpu" else None)
     try:
@@ -211,9 +243,7 @@ def _train(args, ctx, device):
     log = distributed.main_only(print, ctx)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = _int_list(args.seeds, "--seeds") if args.seeds else [args.seed]
-    if not seeds:
-        raise ValueError("--seeds: expected at least one seed")
+    seeds = seed_list(args)
     lr = args.lr if args.lr is not None else (DEMO_LR if args.demo else PAPER_LR)
     epochs = args.epochs if args.epochs is not None else (DEMO_EPOCHS if args.demo else DEFAULT_EPOCHS)
     if args.demo and args.lr is None:
@@ -225,7 +255,8 @@ def _train(args, ctx, device):
         epochs=epochs, batch_size=args.batch_size, lr=lr, text_lr=args.text_lr if args.text_lr is not None else lr,
         contrastive=not args.no_contrastive, contrastive_loss=args.contrastive_loss,
         pair_classes=args.pair_classes, loss_kwargs=loss_settings(args),
-        convention=args.metrics_convention, device=device, num_workers=args.num_workers)
+        convention=args.metrics_convention, device=device, num_workers=args.num_workers,
+        memory_size=args.memory_size)
     model_cfg = ModelConfig(d=args.d, layers=args.layers, heads=args.heads, dropout=args.dropout,
                             fusion=args.fusion, text_encoder=args.text_encoder, pretrained=args.pretrained)
     log(f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
@@ -234,26 +265,27 @@ def _train(args, ctx, device):
         log(f"distributed: {ctx.world_size} processes ({ctx.backend}), batch {args.batch_size} per process, "
             f"global batch {args.batch_size * ctx.world_size}")
 
-    results = []
+    # what a checkpoint must agree with to be resumed (train/checkpoint.py)
+    config = checkpoint.run_config(
+        args, ctx.world_size, lr=settings.lr, lambdas=lambda_list(args),
+        text_lr=settings.text_lr if args.text_encoder != "transformer" else args.text_lr,
+        data=f"{info.name} ({info.fmt}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
+             f"test {len(bundle.test)}; dims {info.dims}")
+    columns = SENTIMENT_COLUMNS if info.task == "regression" else emotion_columns(info.emotions)
+    results, test_outputs = [], []
     t0 = time.perf_counter()
     for seed in seeds:
         result, fused, labels = run_seed(bundle, model_cfg, settings, seed, out / f"seed{seed}",
-                                         resume=args.resume, log=log, ctx=ctx)
+                                         resume=args.resume, log=log, ctx=ctx, config=config)
+        result["valid"], result["test"] = (ordered_metrics(result[k], columns) for k in ("valid", "test"))
         results.append(result)
-        if args.tsne and distributed.is_main(ctx):
-            from train.tsne import plot_tsne
-
-            classes = pair_classes(labels, info.task, args.pair_classes).numpy()
-            names = (info.emotions + ["none"]) if info.task == "emotion" else _class_names(args.pair_classes)
-            log(f"t-SNE: {plot_tsne(fused.numpy(), classes, names, out / f'tsne_seed{seed}.png', seed=seed)}")
+        test_outputs.append((seed, fused, labels))
     mean, std = summarise(results)
 
     if info.task == "regression":
-        columns = SENTIMENT_COLUMNS
         log(f"\nTest metrics (Table {1 if info.name == 'mosi' else 2} layout; convention "
             f"{args.metrics_convention}: {CONVENTIONS[args.metrics_convention]})")
     else:
-        columns = emotion_columns(info.emotions)
         log("\nTest metrics (Table 3 layout: per emotion accuracy and weighted F1)")
     rows = [(f"seed {r['seed']}", r["test"]) for r in results] + [("mean", mean)]
     if len(results) > 1:
@@ -269,13 +301,30 @@ def _train(args, ctx, device):
         "dataset": info.name, "format": info.fmt, "task": info.task, "convention": args.metrics_convention,
         "convention_description": CONVENTIONS[args.metrics_convention] if info.task == "regression" else None,
         "columns": columns, "seeds": results, "mean": mean, "std": std, "params": params,
-        "train_time_s": train_time, "wall_time_s": time.perf_counter() - t0, "epochs": epochs, "lr": lr,
+        "train_time_s": train_time, "wall_time_s": time.perf_counter() - t0, "epochs": epochs,
+        # the optimizer's own values (equal to the flags: --resume refuses a checkpoint that differs)
+        "lr": results[0]["lr"], "text_lr": results[0].get("text_lr"),
         "args": vars(args), "world_size": ctx.world_size,
     }
     if distributed.is_main(ctx):
         write_results(out, summary)
     log(f"results: {out / 'results.json'}, {out / 'results.csv'}")
+    if args.tsne and distributed.is_main(ctx):  # an extra: the results are saved whatever happens here
+        for seed, fused, labels in test_outputs:
+            try:
+                log(f"t-SNE: {_plot_tsne(args, info, seed, fused, labels, out)}")
+            except Exception as err:  # e.g. too few test samples; sklearn and matplotlib raise many kinds
+                print(f"warning: --tsne: no plot for seed {seed} ({type(err).__name__}: {err}); "
+                      f"the results are saved", file=sys.stderr)
     return summary
+
+
+def _plot_tsne(args, info, seed, fused, labels, out):
+    from train.tsne import plot_tsne
+
+    classes = pair_classes(labels, info.task, args.pair_classes).numpy()
+    names = (info.emotions + ["none"]) if info.task == "emotion" else _class_names(args.pair_classes)
+    return plot_tsne(fused.numpy(), classes, names, out / f"tsne_seed{seed}.png", seed=seed)
 
 
 
@@ -284,12 +333,24 @@ def _class_names(mode):
             "7class": [str(c) for c in range(-3, 4)]}[mode]
 
 
+def resume_command(argv):
+    """The command line that continues the run of ``argv`` (the same flags and --resume)."""
+    return shlex.join(["python", sys.argv[0], *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
 def cli():
+    argv = sys.argv[1:]
     try:
-        main()
+        main(argv)
     except (ValueError, OSError) as err:  # DataError is a ValueError: bad flags, missing or malformed data
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: last.pt already holds every finished epoch
+        if os.environ.get("RANK", "0") == "0":
+            out = build_parser().parse_args(argv).out
+            print(f"interrupted: the finished epochs are kept in {out}/seed<N>/last.pt; continue with: "
+                  f"{resume_command(argv)}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,15 @@ Sentiment (MOSI/MOSEI, labels in [-3, 3]) comes in three conventions that papers
             predictions are passed as y_true, which changes the *weighted* F1. Kept as published.
 - "mmsa"    MMSA's regression metrics: MAE, Corr, Acc7, Acc5 on all samples; Has0 (>= 0 vs < 0 on
             all samples) and Non0 (> 0 vs < 0, zero labels excluded); f1_score(truth, preds).
-- "magbert" MAG-BERT's test_score_model (the code the HyCon authors build on): MAE, Corr and
-            Acc2/F1 (>= 0 vs < 0) on the samples whose label is non-zero; Acc7 (and Acc5) on all.
+- "magbert" the conventions of MAG-BERT's evaluation code (test_score_model in
+            github.com/WasifurRahman/BERT_multimodal_transformer; the HyCon paper uses MAG-BERT's
+            data layout and compares with it, but does not say which evaluation code it ran):
+            MAE, Corr and Acc2/F1 (>= 0 vs < 0) on the samples whose label is non-zero; Acc7 (and
+            Acc5) on all.
 
 Every convention reports Acc2/F1 both ways (has0 = all samples, >= 0 vs < 0; non0 = zero labels
-excluded) plus its headline "Acc2"/"F1" (the column of the paper's tables).
+excluded) and MAE/Corr both ways (MAE_all/Corr_all on all samples, MAE_non0/Corr_non0 without
+zero labels), plus its headline "Acc2", "F1", "MAE", "Corr" (the columns of the paper's tables).
 Acc7/Acc5 use np.round (round half to even) after clipping to [-3, 3] / [-2, 2].
 """
 import numpy as np
@@ -20,7 +24,8 @@ from sklearn.metrics import accuracy_score, f1_score
 CONVENTIONS = {
     "mult": "MulT: all samples; Acc2/F1 non0 (>0 vs <0, zero labels dropped), f1_score(preds, truth)",
     "mmsa": "MMSA: all samples; Acc2/F1 headline non0, has0 = >=0 vs <0 on all samples",
-    "magbert": "MAG-BERT: Acc7/Acc5 all samples; MAE, Corr, Acc2/F1 (>=0) on non-zero labels",
+    "magbert": "MAG-BERT's evaluation code conventions: Acc7/Acc5 all samples; MAE, Corr, Acc2/F1 (>=0) "
+               "on non-zero labels",
 }
 SENTIMENT_COLUMNS = ["Acc7", "Acc2", "F1", "MAE", "Corr"]  # Tables 1/2 of the paper
 
@@ -54,7 +59,8 @@ def _binary(preds, truth, *, swap_f1):
 
 
 def sentiment_metrics(preds, labels, convention="magbert"):
-    """Dict of Acc7, Acc5, Acc2_has0, F1_has0, Acc2_non0, F1_non0, MAE, Corr, Acc2, F1."""
+    """Dict of Acc7, Acc5, Acc2_has0, F1_has0, Acc2_non0, F1_non0, MAE_all, Corr_all, MAE_non0,
+    Corr_non0 and the convention's headline Acc2, F1, MAE, Corr."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention: expected one of {sorted(CONVENTIONS)}, got {convention!r}")
     preds, truth = _as_1d("preds", preds), _as_1d("labels", labels)
@@ -70,12 +76,14 @@ def sentiment_metrics(preds, labels, convention="magbert"):
     if convention == "magbert":
         # MAG-BERT thresholds at >= 0 after dropping zero labels
         out["Acc2_non0"], out["F1_non0"] = _binary(preds[non0] >= 0, truth[non0] >= 0, swap_f1=False)
-        p_err, t_err = preds[non0], truth[non0]
     else:
         out["Acc2_non0"], out["F1_non0"] = _binary(preds[non0] > 0, truth[non0] > 0, swap_f1=swap)
-        p_err, t_err = preds, truth
-    out["MAE"] = float(np.mean(np.abs(p_err - t_err))) if len(t_err) else float("nan")
-    out["Corr"] = _corr(p_err, t_err) if len(t_err) > 1 else float("nan")
+    for part, keep in (("all", slice(None)), ("non0", non0)):
+        p, t = preds[keep], truth[keep]
+        out[f"MAE_{part}"] = float(np.mean(np.abs(p - t))) if len(t) else float("nan")
+        out[f"Corr_{part}"] = _corr(p, t) if len(t) > 1 else float("nan")
+    headline = "non0" if convention == "magbert" else "all"
+    out["MAE"], out["Corr"] = out[f"MAE_{headline}"], out[f"Corr_{headline}"]
     out["Acc2"], out["F1"] = out["Acc2_non0"], out["F1_non0"]
     return out
 

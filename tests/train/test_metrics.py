@@ -34,6 +34,13 @@ def test_hand_computed_magbert():
     nz = LABELS != 0
     assert m["Corr"] == pytest.approx(np.corrcoef(PREDS[nz], LABELS[nz])[0, 1])
     assert m["Acc2"] == pytest.approx(3 / 4)
+    # both MAE/Corr variants are always there, whatever the headline
+    assert m["MAE_non0"] == m["MAE"] and m["Corr_non0"] == m["Corr"]
+    assert m["MAE_all"] == pytest.approx(np.abs(PREDS - LABELS).mean())
+    assert m["Corr_all"] == pytest.approx(np.corrcoef(PREDS, LABELS)[0, 1])
+    mult = sentiment_metrics(PREDS, LABELS, "mult")
+    assert mult["MAE"] == mult["MAE_all"] == pytest.approx(m["MAE_all"])
+    assert mult["MAE_non0"] == pytest.approx(m["MAE"]) and mult["Corr_non0"] == pytest.approx(m["Corr"])
     # >= 0 on the predictions: a prediction of exactly 0 on a positive label counts as positive
     z = sentiment_metrics(np.array([0.0, -1.0]), np.array([1.0, -1.0]), "magbert")
     assert z["Acc2"] == 1.0
