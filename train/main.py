@@ -64,6 +64,9 @@ def build_parser():
     g = p.add_argument_group("contrastive loss (eqs. 6-20)")
     g.add_argument("--contrastive-loss", default="hycon", choices=CONTRASTIVE_LOSSES,
                    help="hycon, or a comparison loss of eqs. 18-20 in place of IAMCL/IEMCL (Table 7)")
+    g.add_argument("--triplet-margin", type=float, default=None,
+                   help="triplet/hard-triplet: hinge max(0, d_p - d_n + MARGIN); default: eq. 19 as printed "
+                        "(d_p - d_n + 1, no hinge)")
     g.add_argument("--pair-classes", default="sign", choices=PAIR_CLASSES,
                    help="classes of the pairs for MOSI/MOSEI: sign (>= 0 vs < 0, paper), sign-nonzero (zero "
                         "labels are a class of their own), 7class; IEMOCAP always uses the present emotion")
@@ -141,6 +144,13 @@ def loss_settings(args):
     if args.contrastive_loss == "hycon":
         kw.update(pair_selection=args.pair_selection, select_positives=not args.no_positive_selection,
                   select_negatives=not args.no_negative_selection, refinement=not args.no_refinement)
+    if args.triplet_margin is not None:
+        if args.contrastive_loss not in ("triplet", "hard-triplet"):
+            raise ValueError(f"--triplet-margin: applies to --contrastive-loss triplet or hard-triplet, "
+                             f"not {args.contrastive_loss!r}")
+        if not (np.isfinite(args.triplet_margin) and args.triplet_margin >= 0):
+            raise ValueError(f"--triplet-margin: expected a finite number >= 0, got {args.triplet_margin}")
+        kw["triplet_margin"] = args.triplet_margin
     return kw
 
 
@@ -206,12 +216,12 @@ def write_results(out, summary):
     """results.json and results.csv, each written atomically (checkpoint.write_text)."""
     checkpoint.write_text(out / "results.json", json.dumps(summary, indent=2))
     keys = list(summary["seeds"][0]["test"].keys())
-    lines = ["row," + ",".join(keys + ["params", "train_time_s", "best_epoch"])]
+    lines = ["row," + ",".join(keys + ["params", "train_time_s", "test_inference_s", "best_epoch"])]
     for r in summary["seeds"]:
         lines.append(f"seed{r['seed']}," + ",".join(f"{r['test'][k]:.6g}" for k in keys)
-                     + f",{r['params']},{r['train_time_s']:.3f},{r['best_epoch']}")
+                     + f",{r['params']},{r['train_time_s']:.3f},{r['test_inference_s']:.4f},{r['best_epoch']}")
     for name in ("mean", "std"):
-        lines.append(f"{name}," + ",".join(f"{summary[name][k]:.6g}" for k in keys) + ",,,")
+        lines.append(f"{name}," + ",".join(f"{summary[name][k]:.6g}" for k in keys) + ",,,,")
     checkpoint.write_text(out / "results.csv", "\n".join(lines) + "\n")
 
 
@@ -295,13 +305,16 @@ def _train(args, ctx, device):
         log("all variants (mean): " + ", ".join(f"{k} {_fmt(k, v)}" for k, v in mean.items()))
     params = results[0]["params"]
     train_time = float(np.mean([r["train_time_s"] for r in results]))
-    log(f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed ({epochs} epochs)")
+    inference_time = float(np.mean([r["test_inference_s"] for r in results]))
+    log(f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed ({epochs} epochs, validation "
+        f"passes excluded)   Inference: {inference_time:.3f} s over the {results[0]['test_samples']} test samples")
 
     summary = {
         "dataset": info.name, "format": info.fmt, "task": info.task, "convention": args.metrics_convention,
         "convention_description": CONVENTIONS[args.metrics_convention] if info.task == "regression" else None,
         "columns": columns, "seeds": results, "mean": mean, "std": std, "params": params,
-        "train_time_s": train_time, "wall_time_s": time.perf_counter() - t0, "epochs": epochs,
+        "train_time_s": train_time, "test_inference_s": inference_time,
+        "wall_time_s": time.perf_counter() - t0, "epochs": epochs,
         # the optimizer's own values (equal to the flags: --resume refuses a checkpoint that differs)
         "lr": results[0]["lr"], "text_lr": results[0].get("text_lr"),
         "args": vars(args), "world_size": ctx.world_size,

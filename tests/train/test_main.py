@@ -46,6 +46,8 @@ def test_mosi_learns_above_chance_and_writes_results(tmp_path, capsys):
     assert all(c in printed for c in ("Acc7", "Acc2", "F1", "MAE", "Corr"))
     saved = json.loads((out / "results.json").read_text())
     assert saved["convention"] == "mult" and saved["params"] > 0 and saved["train_time_s"] > 0
+    assert saved["test_inference_s"] > 0 and saved["seeds"][0]["test_samples"] == 80
+    assert "validation passes excluded" in printed and "over the 80 test samples" in printed
     assert saved["seeds"][0]["test"]["Acc2"] == pytest.approx(test["Acc2"])
     csv = (out / "results.csv").read_text().splitlines()
     assert csv[0].startswith("row,Acc7") and [r.split(",")[0] for r in csv[1:]] == ["seed1", "mean", "std"]
@@ -69,6 +71,27 @@ def test_resume_continues_exactly(tmp_path):
             torch.testing.assert_close(a["model"][k], b["model"][k])
     assert resumed["mean"] == pytest.approx(straight["mean"], nan_ok=True)
     assert set(resumed["std"]) == set(resumed["mean"])  # two seeds: mean and std of every metric
+
+
+@pytest.mark.slow
+def test_resume_continues_with_the_cross_batch_memory(tmp_path):
+    # The memory (60 samples > one epoch's 48: never wraps within an epoch) is in last.pt: a resumed run
+    # pairs its first batch with the same memory as the uninterrupted run, so both end equal.
+    data = _demo(tmp_path, "mosi", n_train=48, n_eval=16)
+    common = ["--dataset", "mosi", "--data-dir", str(data), "--lr", "3e-3", "--batch-size", "16",
+              "--backend", "reference", "--memory-size", "60", "--pair-selection", "--dropout", "0"]
+    main(common + ["--out", str(tmp_path / "a"), "--epochs", "2"])
+    main(common + ["--out", str(tmp_path / "b"), "--epochs", "1"])
+    main(common + ["--out", str(tmp_path / "b"), "--epochs", "2", "--resume"])
+    a, b = (torch.load(tmp_path / run / "seed1" / "last.pt", weights_only=False) for run in "ab")
+    assert a["loss_memory"]["memory.count"].item() == 60
+    for key in a["loss_memory"]:
+        assert torch.equal(a["loss_memory"][key], b["loss_memory"][key]), key
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key])
+    with pytest.raises(Exception, match="--memory-size"):  # the resume check compares the flag
+        main([("30" if flag == "60" else flag) for flag in common]
+             + ["--out", str(tmp_path / "b"), "--epochs", "3", "--resume"])
 
 
 @pytest.mark.slow
@@ -99,19 +122,28 @@ def test_demo_flag_writes_its_own_data_and_trains(tmp_path, capsys):
 def test_loss_settings_map_the_ablation_flags():
     parse = build_parser().parse_args
     kw = loss_settings(parse(["--dataset", "mosi"]))
-    assert kw == dict(alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), backend="auto",
+    assert kw == dict(alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), reduction="sum", backend="auto",
                       pair_selection=False, select_positives=True, select_negatives=True, refinement=True)
+    assert loss_settings(parse(["--dataset", "mosi", "--hybrid-reduction", "mean"]))["reduction"] == "mean"
     kw = loss_settings(parse(["--dataset", "mosi", "--no-margin", "--no-iemcl", "--lambdas", "2,3,4",
                               "--pair-selection", "--no-positive-selection", "--no-refinement"]))
     assert kw["alpha"] == 1.0 and kw["lambdas"] == (2.0, 0.0, 4.0)
     assert kw["pair_selection"] and not kw["select_positives"] and kw["select_negatives"] and not kw["refinement"]
     assert "pair_selection" not in loss_settings(parse(["--dataset", "mosi", "--contrastive-loss", "npair"]))
+    assert "triplet_margin" not in loss_settings(parse(["--dataset", "mosi", "--contrastive-loss", "triplet"]))
+    kw = loss_settings(parse(["--dataset", "mosi", "--contrastive-loss", "triplet", "--triplet-margin", "0.2"]))
+    assert kw["triplet_margin"] == 0.2
 
 
 @pytest.mark.parametrize("argv, match", [
     (["--no-positive-selection"], "need --pair-selection"),
     (["--lambdas", "1,2"], "--lambdas"),
     (["--contrastive-loss", "triplet", "--pair-selection"], "hycon only"),
+    (["--triplet-margin", "0.5"], "--triplet-margin: applies to --contrastive-loss triplet"),
+    (["--contrastive-loss", "hard-triplet", "--triplet-margin", "-1"], "--triplet-margin: expected a finite"),
+    (["--memory-size", "-1"], "--memory-size: expected an integer >= 0"),
+    (["--memory-size", "64", "--contrastive-loss", "npair"], "--memory-size: applies to the hycon loss only"),
+    (["--memory-size", "64", "--no-contrastive"], "--memory-size: applies to the hycon loss only"),
 ])
 def test_contradictory_flags_are_errors(argv, match):
     with pytest.raises(ValueError, match=match):
@@ -134,7 +166,8 @@ def test_every_documented_flag_exists():
               "--no-margin", "--no-iamcl", "--no-iemcl", "--no-scl", "--pair-selection", "--no-positive-selection",
               "--no-negative-selection", "--alpha", "--beta", "--gamma", "--lambdas", "--contrastive-loss", "--lr",
               "--text-lr", "--epochs", "--batch-size", "--seed", "--seeds", "--out", "--resume", "--tsne", "--demo",
-              "--data-dir", "--format", "--metrics-convention", "--device", "--num-workers", "--backend"):
+              "--data-dir", "--format", "--metrics-convention", "--device", "--num-workers", "--backend",
+              "--triplet-margin"):
         assert f in flags, f
 
 

@@ -159,6 +159,24 @@ def test_hard_triplet_matches_hand_computation():
     assert inter.item() == pytest.approx(sum(vals) / len(vals))
 
 
+def test_triplet_margin_is_a_hinge_and_none_is_eq19():
+    xs, cls = _tiny()
+    z, s = _sim(xs)
+    printed = comparison_loss("hard-triplet", *xs, cls)
+    assert comparison_loss("hard-triplet", *xs, cls, triplet_margin=None)[0].item() == printed[0].item()
+    # squared distances of softmax rows are below 2: a margin of 10 never clips, so it is eq. 19 + 9
+    wide = comparison_loss("hard-triplet", *xs, cls, triplet_margin=10.0)
+    assert [w.item() for w in wide] == pytest.approx([p.item() + 9 for p in printed])
+    zero = comparison_loss("hard-triplet", *xs, cls, triplet_margin=0.0)[0]
+
+    def d2(a, b):
+        return float(((z[a] - z[b]) ** 2).sum())
+
+    gaps = [d2(m * 3 + i, m * 3 + (1 - i)) - d2(m * 3 + i, m * 3 + 2) for m in range(3) for i in range(2)]
+    assert zero.item() == pytest.approx(sum(max(0.0, g) for g in gaps) / len(gaps))
+    assert any(g < 0 for g in gaps) and any(g > 0 for g in gaps)  # the hinge really clips some anchors
+
+
 def test_classical_and_npair_with_a_single_positive():
     # with one positive per anchor, the "random" positive is determined: exact values
     xs, cls = _tiny()
