@@ -4,6 +4,8 @@ import numpy as np
 
 def plot_tsne(features, classes, class_names, path, seed=0, title="t-SNE of fused test representations"):
     """features (N, f), classes (N,) ints indexing class_names; writes a PNG to path."""
+    if len(features) < 3:  # before the slow imports
+        raise ValueError(f"features: t-SNE needs at least 3 samples, got {len(features)}")
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
@@ -11,8 +13,6 @@ def plot_tsne(features, classes, class_names, path, seed=0, title="t-SNE of fuse
     from sklearn.manifold import TSNE
 
     features, classes = np.asarray(features, dtype=np.float64), np.asarray(classes)
-    if len(features) < 3:
-        raise ValueError(f"features: t-SNE needs at least 3 samples, got {len(features)}")
     perplexity = min(30.0, (len(features) - 1) / 3.0)  # sklearn requires perplexity < n_samples
     points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
     fig, ax = plt.subplots(figsize=(5, 5))

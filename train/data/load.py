@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bundle import DataBundle
+from .errors import DataError
 from .locate import check_name_fmt, find_file
 from .magbert import read_magbert
 from .mmsa import read_mmsa
@@ -21,9 +22,14 @@ def load_dataset(name: str, data_dir, fmt: str = "auto", *, tokenizer=None, max_
     name = check_name_fmt(name, fmt)
     fmt, path = find_file(name, Path(data_dir), fmt)
     if fmt == "mult":
-        return read_mult(path, name)
-    if fmt == "mmsa":
-        return read_mmsa(path, name)
-    if fmt == "magbert":
-        return read_magbert(path, name, tokenizer, max_seq_len)
-    return read_poria(path, name)
+        bundle = read_mult(path, name)
+    elif fmt == "mmsa":
+        bundle = read_mmsa(path, name)
+    elif fmt == "magbert":
+        bundle = read_magbert(path, name, tokenizer, max_seq_len)
+    else:
+        bundle = read_poria(path, name)
+    for split, data in bundle.splits().items():  # training, selection and testing each need samples
+        if len(data) == 0:
+            raise DataError(f"{path}: the {split} split has no samples; expected at least one")
+    return bundle
