@@ -16,6 +16,12 @@ holds exactly the gradient of the global loss, as in one process with the global
 each x_r.grad is W * dL/dx_r). With scale_for_ddp=False they backpropagate L_r (x_r.grad is
 dL/dx_r), for callers that sum gradients over ranks themselves. Either way the *value* of
 every returned tensor is the global loss, identical on all ranks, ready to log.
+
+HyConLoss(distributed=True) and HyConLoss(memory_size=Q) run the same code path
+(`loss_over_ranks`): with a memory, the candidates are the global batch followed by the memory
+rows, and every rank enqueues the same gathered global batch, so the memories stay identical.
+Without an initialised process group that path is one process's batch against itself (and the
+memory).
 """
 
 import torch
@@ -24,7 +30,7 @@ import torch.nn.functional as F
 
 from .loss import (HyConOutput, HyConTerms, _check_inputs, check_options, hycon_loss,
                    hycon_terms, terms_to_output)
-from .pairs import N_MODALITIES, row_descriptors
+from .pairs import row_descriptors
 
 
 class _GatherRows(torch.autograd.Function):
@@ -94,42 +100,72 @@ def _gather_batch(x, labels, sizes, group):
 def hycon_loss_distributed(x_l, x_a, x_v, labels, *, group=None, scale_for_ddp=True,
                            alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
                            pair_selection=False, select_positives=True, select_negatives=True,
-                           refinement=True, backend="auto"):
+                           refinement=True, reduction="mean", backend="auto"):
     """hycon_loss over the global batch of all ranks of ``group`` (default: the world).
 
     Every rank of the group must call it with its own local batch (K_r, d) (K_r may differ
     between ranks, d may not) and the same keywords. Returns HyConOutput whose values are the
     single-process hycon_loss of the global batch; h = max(1, floor(beta * K_global)).
+    reduction="sum" sums the per-anchor terms over the global batch instead of averaging.
     Gradients: see the module docstring (scale_for_ddp=True suits DistributedDataParallel).
     Outside an initialised process group it is hycon_loss.
     """
     _check_inputs(x_l, x_a, x_v, labels)
     # before any collective, so that bad options fail on every rank alike instead of hanging
-    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend)
+    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
+                  reduction=reduction)
     options = dict(alpha=alpha, beta=beta, gamma=gamma, pair_selection=pair_selection,
                    select_positives=select_positives, select_negatives=select_negatives,
                    refinement=refinement, backend=backend)
     labels = labels.to(x_l.device)
     if not (dist.is_available() and dist.is_initialized()):
-        return hycon_loss(x_l, x_a, x_v, labels, lambdas=lambdas, **options)
-    local_rows = torch.stack((x_l, x_a, x_v))
+        return hycon_loss(x_l, x_a, x_v, labels, lambdas=lambdas, reduction=reduction, **options)
+    return loss_over_ranks((x_l, x_a, x_v), labels, memory=None, group=group,
+                           scale_for_ddp=scale_for_ddp, lambdas=lambdas, reduction=reduction,
+                           options=options)
 
-    sizes = _gather_sizes(x_l, group)
-    rank = dist.get_rank(group)
-    cand_rows, cand_labels = _gather_batch(local_rows, labels, sizes, group)
-    k_global = sum(sizes)
-    z_anchor = torch.softmax(local_rows.reshape(-1, x_l.shape[1]), dim=-1)
-    z_cand = torch.softmax(cand_rows, dim=-1)
-    a_ids = row_descriptors(labels, N_MODALITIES, sample_offset=sum(sizes[:rank]))
-    c_ids = row_descriptors(cand_labels, N_MODALITIES)
-    local = hycon_terms(z_anchor, z_cand, a_ids, c_ids, n_samples=k_global, **options)
+
+def loss_over_ranks(xs, labels, *, memory, group, scale_for_ddp, lambdas, reduction, options):
+    """Local anchors of the modality batches xs against the global batch, then the memory.
+
+    Inputs are validated by the caller; labels are on the inputs' device. memory: a
+    hycon_ext.memory.CrossBatchMemory or None; its rows follow the global batch as candidates
+    (sample ids from K_global on, so never the same sample), h counts them, and the gathered
+    global batch enters it after the loss is computed. Without an initialised process group
+    the global batch is the local one and no collective runs.
+    """
+    n_mod, d = len(xs), xs[0].shape[1]
+    local_rows = torch.stack(tuple(xs))  # (n_mod, K_r, d)
+    z_anchor = torch.softmax(local_rows.reshape(-1, d), dim=-1)
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        sizes = _gather_sizes(xs[0], group)
+        rank = dist.get_rank(group)
+        cand_rows, cand_labels = _gather_batch(local_rows, labels, sizes, group)
+        k_global = sum(sizes)
+        z_batch = torch.softmax(cand_rows, dim=-1)
+        a_ids = row_descriptors(labels, n_mod, sample_offset=sum(sizes[:rank]))
+        c_ids = row_descriptors(cand_labels, n_mod)
+    else:
+        k_global, z_batch, cand_labels = labels.shape[0], z_anchor, labels
+        a_ids = c_ids = row_descriptors(labels, n_mod)
+    z_cand, n_samples = z_batch, k_global
+    held = None if memory is None else memory.candidates(z_batch, n_mod, sample_offset=k_global)
+    if held is not None:
+        z_cand, c_ids = torch.cat((z_batch, held[0])), torch.cat((c_ids, held[1]))
+        n_samples += held[0].shape[0] // n_mod
+    local = hycon_terms(z_anchor, z_cand, a_ids, c_ids, n_samples=n_samples, **options)
+    if memory is not None:
+        memory.push(z_batch.detach().reshape(n_mod, k_global, d), cand_labels)
+    if not distributed:
+        return terms_to_output(local, lambdas, reduction)
 
     # One collective for sums and counts; float64 so counts stay exact in any input dtype.
     totals = torch.cat((local.sums, local.counts)).detach().to(torch.float64)
     dist.all_reduce(totals, group=group)
     g_sums, g_counts = totals.to(local.sums.dtype).chunk(2)
-    local_part = terms_to_output(HyConTerms(local.sums, g_counts), lambdas)
-    global_value = terms_to_output(HyConTerms(g_sums, g_counts), lambdas)
+    local_part = terms_to_output(HyConTerms(local.sums, g_counts), lambdas, reduction)
+    global_value = terms_to_output(HyConTerms(g_sums, g_counts), lambdas, reduction)
     scale = float(dist.get_world_size(group)) if scale_for_ddp else 1.0
     return HyConOutput(*(_GlobalValue.apply(part, value, scale)
                          for part, value in zip(local_part, global_value)))

@@ -2,6 +2,8 @@
 
 Semantics and equations: docs/losses.md. hycon_loss makes one `loss_values` call and
 hycon_terms one `pair_terms` call (docs/design.md): the extension's op or its pure-PyTorch twin.
+Any other number of modalities, reduction="sum" and the cross-batch memory go through
+`pair_terms` (anchors against candidates), whose un-normalised sums carry the gradient.
 """
 
 import math
@@ -13,7 +15,8 @@ import torch
 from torch import nn
 
 from . import reference
-from .pairs import INTER, INTRA, SAME_SAMPLE, selection_size
+from .memory import CrossBatchMemory
+from .pairs import INTER, INTRA, SAME_SAMPLE, row_descriptors, selection_size
 
 try:
     from . import ops as _ops
@@ -21,6 +24,9 @@ except ImportError:  # extension package not built (or ops.py absent): reference
     _ops = None
 
 BACKENDS = ("auto", "ext", "reference")
+# mean: each term averaged over its anchors (the loss does not grow with K); sum: the same
+# per-anchor terms summed over the anchors (the paper's "summed over all data samples", 3.5).
+REDUCTIONS = ("mean", "sum")
 # One op call scores all three modes, in the order of HyConTerms.
 _MODES = [INTRA, INTER, SAME_SAMPLE]
 
@@ -54,14 +60,15 @@ def _is_real(value):
     return type(value) is float or isinstance(value, numbers.Real)
 
 
-def check_options(*, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), backend="auto"):
+def check_options(*, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), backend="auto",
+                  reduction="mean"):
     """Validate the options of every HyCon entry point (ranges: docs/losses.md).
 
     The defaults are valid, so a caller passes the options it takes. TypeError for a
     non-number alpha; ValueError naming the argument otherwise: alpha in (0, 1] (the
     refinement target of pairs whose similarity lies in (0, 1); 1 is no margin), beta in
     (0, 1], gamma finite and > 0 (s_p + gamma > 0, eq. 14), lambdas three finite numbers
-    >= 0, backend one of BACKENDS. NaN fails every range test.
+    >= 0, backend one of BACKENDS, reduction one of REDUCTIONS. NaN fails every range test.
     """
     if not _is_real(alpha):
         raise TypeError(f"alpha: expected a number, got {type(alpha).__name__}")
@@ -80,6 +87,8 @@ def check_options(*, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), ba
         raise ValueError(f"lambdas: expected three finite numbers >= 0, got {tuple(lambdas)!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
 
 
 def _check_not_meta(name, tensor):
@@ -91,7 +100,21 @@ def _check_not_meta(name, tensor):
 
 
 def _check_inputs(x_l, x_a, x_v, labels):
-    named = (("x_l", x_l), ("x_a", x_a), ("x_v", x_v))
+    _check_batch((("x_l", x_l), ("x_a", x_a), ("x_v", x_v)), labels)
+
+
+def _check_modalities(xs, labels):
+    """xs: a list or tuple of at least two (K, d) modality batches."""
+    if not isinstance(xs, (list, tuple)):
+        raise TypeError(f"xs: expected a list or tuple of (K, d) tensors, one per modality, "
+                        f"got {type(xs).__name__}")
+    if len(xs) < 2:
+        raise ValueError(f"xs: expected at least two modalities, got {len(xs)}")
+    _check_batch([(f"xs[{m}]", x) for m, x in enumerate(xs)], labels)
+
+
+def _check_batch(named, labels):
+    """named: (name, tensor) per modality batch, each (K, d) floating like the first."""
     for name, x in named:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -99,19 +122,22 @@ def _check_inputs(x_l, x_a, x_v, labels):
             raise ValueError(f"{name}: expected a 2-D tensor (K, d), got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
-    shape, dtype, device = x_l.shape, x_l.dtype, x_l.device
+    first, x_first = named[0]
+    shape, dtype, device = x_first.shape, x_first.dtype, x_first.device
     for name, x in named[1:]:
         if x.shape != shape:
             raise ValueError(
-                f"{name}: expected the shape of x_l {tuple(shape)}, got {tuple(x.shape)}")
+                f"{name}: expected the shape of {first} {tuple(shape)}, got {tuple(x.shape)}")
         if x.dtype != dtype:
-            raise TypeError(f"{name}: expected the dtype of x_l ({dtype}), got {x.dtype}")
+            raise TypeError(f"{name}: expected the dtype of {first} ({dtype}), got {x.dtype}")
         if x.device != device:
-            raise ValueError(f"{name}: expected the device of x_l ({device}), got {x.device}")
-    _check_not_meta("x_l", x_l)
+            raise ValueError(
+                f"{name}: expected the device of {first} ({device}), got {x.device}")
+    _check_not_meta(first, x_first)
     k, d = shape
     if k < 1 or d < 1:
-        raise ValueError(f"x_l: expected at least one sample and one feature, got shape {(k, d)}")
+        raise ValueError(
+            f"{first}: expected at least one sample and one feature, got shape {(k, d)}")
     if not isinstance(labels, torch.Tensor):
         raise TypeError(
             f"labels: expected a torch.Tensor of class ids, got {type(labels).__name__}")
@@ -154,10 +180,19 @@ def _resolve_backend(backend, device):
     return reference
 
 
-def terms_to_output(terms, lambdas=(1.0, 1.0, 1.0)):
-    """HyConOutput from (possibly all-reduced) terms; a term with count 0 is 0."""
-    check_options(lambdas=lambdas)
-    return HyConOutput(*reference.combine_terms(terms.sums, terms.counts, lambdas))
+def terms_to_output(terms, lambdas=(1.0, 1.0, 1.0), reduction="mean"):
+    """HyConOutput from (possibly all-reduced) terms.
+
+    reduction="mean": term k = sums[k] / counts[k] (0 when counts[k] is 0); "sum": sums[k].
+    """
+    check_options(lambdas=lambdas, reduction=reduction)
+    return _output(terms, lambdas, reduction)
+
+
+def _output(terms, lambdas, reduction):
+    # Dividing by ones keeps one code path, exact in value and gradient.
+    counts = terms.counts if reduction == "mean" else torch.ones_like(terms.counts)
+    return HyConOutput(*reference.combine_terms(terms.sums, counts, lambdas))
 
 
 def _selection_size(beta, n_samples, pair_selection):
@@ -198,47 +233,128 @@ def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.
     if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
         raise ValueError(f"n_samples: expected a positive integer, got {n_samples!r}")
     ops = _resolve_backend(backend, z_anchor.device)
-    targets = [1.0, float(alpha), float(alpha)]
-    terms = ops.pair_terms(z_anchor, z_cand, a_ids, c_ids, _MODES, targets,
-                           _selection_size(beta, n_samples, pair_selection), float(gamma),
-                           bool(select_positives), bool(select_negatives), bool(pair_selection),
-                           bool(refinement))
+    return _terms(ops, z_anchor, z_cand, a_ids, c_ids,
+                  _selection_size(beta, n_samples, pair_selection), alpha, gamma,
+                  select_positives, select_negatives, pair_selection, refinement)
+
+
+def _terms(ops, za, zc, a_ids, c_ids, h, alpha, gamma, select_positives, select_negatives,
+           pair_selection, refinement):
+    terms = ops.pair_terms(za, zc, a_ids, c_ids, _MODES, [1.0, float(alpha), float(alpha)], h,
+                           float(gamma), bool(select_positives), bool(select_negatives),
+                           bool(pair_selection), bool(refinement))
     return HyConTerms(terms[0], terms[1])
 
 
 def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
                lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
-               select_negatives=True, refinement=True, backend="auto"):
+               select_negatives=True, refinement=True, reduction="mean", backend="auto"):
     """Hybrid contrastive loss (paper eq. 16) of three (K, d) modality batches.
 
     Returns HyConOutput(total, scl, iamcl, iemcl), 0-dim tensors differentiable w.r.t. the
-    inputs. backend: "ext" (the compiled kernels), "reference" (pure PyTorch) or "auto"
-    (ext when built for the inputs' device, else reference with a one-time warning).
+    inputs. reduction: "mean" (each term averaged over its anchors) or "sum" (summed over
+    them, the paper's 3.5). backend: "ext" (the compiled kernels), "reference" (pure PyTorch)
+    or "auto" (ext when built for the inputs' device, else reference with a one-time warning).
     """
     _check_inputs(x_l, x_a, x_v, labels)
-    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend)
-    ops = _resolve_backend(backend, x_l.device)
-    return HyConOutput(*ops.loss_values(
-        x_l, x_a, x_v, labels.to(x_l.device), alpha, lambdas,
-        _selection_size(beta, x_l.shape[0], pair_selection), gamma, select_positives,
-        select_negatives, pair_selection, refinement))
+    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
+                  reduction=reduction)
+    return _batch_loss((x_l, x_a, x_v), labels, alpha, beta, gamma, lambdas, pair_selection,
+                       select_positives, select_negatives, refinement, reduction, backend)
+
+
+def hycon_loss_multi(xs, labels, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
+                     pair_selection=False, select_positives=True, select_negatives=True,
+                     refinement=True, reduction="mean", backend="auto"):
+    """hycon_loss of M >= 2 modality batches xs (a list or tuple of (K, d) tensors).
+
+    SCL pulls each anchor's M - 1 other modalities of its sample to alpha, IAMCL pairs within
+    a modality, IEMCL across all other modalities (docs/losses.md). With three batches it is
+    hycon_loss(*xs, labels, ...) (the same op call, so the same numbers).
+    """
+    _check_modalities(xs, labels)
+    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
+                  reduction=reduction)
+    return _batch_loss(tuple(xs), labels, alpha, beta, gamma, lambdas, pair_selection,
+                       select_positives, select_negatives, refinement, reduction, backend)
+
+
+def _batch_loss(xs, labels, alpha, beta, gamma, lambdas, pair_selection, select_positives,
+                select_negatives, refinement, reduction, backend):
+    """The loss of validated batches: every anchor against the whole batch.
+
+    Three modalities averaged: one loss_values call. Otherwise softmax and one pair_terms call,
+    whose un-normalised sums are the "sum" reduction and carry the exact gradient.
+    """
+    device = xs[0].device
+    ops = _resolve_backend(backend, device)
+    labels = labels.to(device)
+    h = _selection_size(beta, xs[0].shape[0], pair_selection)
+    if len(xs) == 3 and reduction == "mean":
+        return HyConOutput(*ops.loss_values(
+            *xs, labels, alpha, lambdas, h, gamma, select_positives, select_negatives,
+            pair_selection, refinement))
+    z = torch.softmax(torch.cat(xs), dim=-1)
+    ids = row_descriptors(labels, len(xs))
+    terms = _terms(ops, z, z, ids, ids, h, alpha, gamma, select_positives, select_negatives,
+                   pair_selection, refinement)
+    return _output(terms, lambdas, reduction)
 
 
 class HyConLoss(nn.Module):
-    """nn.Module form of hycon_loss; the keywords are fixed at construction."""
+    """nn.Module form of hycon_loss_multi; the keywords are fixed at construction.
+
+    module(x_1, ..., x_M, labels) with M >= 2 modality batches (x_l, x_a, x_v for HyCon).
+
+    memory_size=Q > 0 keeps a FIFO of the Q most recent samples' detached, softmax-normalised
+    rows (every modality) and labels (hycon_ext.memory.CrossBatchMemory, the submodule
+    ``memory``: in state_dict, moved by .to()). Each call pairs the batch's anchors with the
+    batch plus the samples in memory as candidates (memory rows are always other samples, so
+    SCL stays within the batch), h = max(1, floor(beta * (K + Q_now))), and then the batch
+    enters the memory. Gradients reach only the batch.
+
+    distributed=True: under an initialised torch.distributed process group, every local anchor
+    is paired with the global batch of all ranks as hycon_loss_distributed does (values are the
+    global loss, gradients scaled for DDP's averaging), and the memory holds the gathered global
+    batch, identical on every rank. Without a process group it is the one-process loss.
+    """
 
     def __init__(self, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
                  pair_selection=False, select_positives=True, select_negatives=True,
-                 refinement=True, backend="auto"):
+                 refinement=True, reduction="mean", memory_size=0, distributed=False,
+                 backend="auto"):
         super().__init__()
-        check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend)
+        check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
+                      reduction=reduction)
+        if (isinstance(memory_size, bool) or not isinstance(memory_size, numbers.Integral)
+                or memory_size < 0):
+            raise ValueError(f"memory_size: expected an integer >= 0 (0: no memory), "
+                             f"got {memory_size!r}")
         self.options = dict(
             alpha=alpha, beta=beta, gamma=gamma, lambdas=tuple(lambdas),
             pair_selection=pair_selection, select_positives=select_positives,
-            select_negatives=select_negatives, refinement=refinement, backend=backend)
+            select_negatives=select_negatives, refinement=refinement, reduction=reduction,
+            backend=backend)
+        self.distributed = bool(distributed)
+        self.memory = CrossBatchMemory(int(memory_size)) if memory_size else None
 
-    def forward(self, x_l, x_a, x_v, labels):
-        return hycon_loss(x_l, x_a, x_v, labels, **self.options)
+    def forward(self, *inputs):
+        if len(inputs) < 3:
+            raise TypeError(f"HyConLoss: expected (x_1, ..., x_M, labels) with M >= 2 modality "
+                            f"batches, got {len(inputs)} arguments")
+        *xs, labels = inputs
+        if self.memory is None and not self.distributed:
+            return hycon_loss_multi(xs, labels, **self.options)
+        from .distributed import loss_over_ranks  # distributed imports this module
+
+        _check_modalities(xs, labels)
+        options = dict(self.options)
+        lambdas, reduction = options.pop("lambdas"), options.pop("reduction")
+        return loss_over_ranks(xs, labels.to(xs[0].device), memory=self.memory, group=None,
+                               scale_for_ddp=True, lambdas=lambdas, reduction=reduction,
+                               options=options)
 
     def extra_repr(self):
-        return ", ".join(f"{key}={value!r}" for key, value in self.options.items())
+        options = {**self.options, "memory_size": self.memory.size if self.memory else 0,
+                   "distributed": self.distributed}
+        return ", ".join(f"{key}={value!r}" for key, value in options.items())

@@ -4,6 +4,11 @@ Plain Python floats and loops over anchors and pairs; nothing is shared with hyc
 Rows are addressed as (modality, sample); the candidate index used for tie-breaking is
 the stacked row index modality * K + sample.
 
+Any number of modalities M >= 2 (`oracle_loss_multi`), a cross-batch memory of earlier
+samples' representations that only serve as candidates (memory rows are other samples; their
+candidate index follows the batch's: M * K + modality * Q + slot, oldest slot first), and
+reduction "sum" (the per-anchor terms summed, not averaged).
+
 Gradients: the loss detaches the positive weights w_p, so finite differences of the
 oracle must hold them fixed. `oracle_loss` returns the weights it used; pass them back as
 `frozen_weights` when evaluating at perturbed inputs (see `oracle_grad`).
@@ -58,28 +63,45 @@ def _contrastive_anchor(positives, negatives, target, key, opts, frozen_weights,
     return pos / (pos + neg), refine
 
 
-def oracle_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
-                lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
-                select_negatives=True, refinement=True, frozen_weights=None):
+def oracle_loss(x_l, x_a, x_v, labels, **options):
     """HyCon loss terms as floats: dict(total, scl, iamcl, iemcl, weights).
 
     x_*: K lists of d floats; labels: K ints.
     """
-    xs = (x_l, x_a, x_v)
+    return oracle_loss_multi((x_l, x_a, x_v), labels, **options)
+
+
+def _mean_or_sum(values, reduction):
+    if reduction == "sum":
+        return sum(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def oracle_loss_multi(xs, labels, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
+                      pair_selection=False, select_positives=True, select_negatives=True,
+                      refinement=True, reduction="mean", memory_xs=None, memory_labels=(),
+                      frozen_weights=None):
+    """dict(total, scl, iamcl, iemcl, weights) of M modality batches xs (M lists of K rows).
+
+    memory_xs: M lists of Q rows (earlier samples, oldest first) with memory_labels (Q ints),
+    or None. They are candidates only: never anchors, never the anchor's own sample.
+    """
     k = len(labels)
     n_mod = len(xs)
     z = [[_softmax(list(map(float, row))) for row in x] for x in xs]
-    opts = dict(h=_selection_size(beta, k), gamma=gamma, pair_selection=pair_selection,
+    zm = [[_softmax(list(map(float, row))) for row in x] for x in (memory_xs or [[]] * n_mod)]
+    q = len(memory_labels)
+    opts = dict(h=_selection_size(beta, k + q), gamma=gamma, pair_selection=pair_selection,
                 select_positives=select_positives, select_negatives=select_negatives)
     record = {}
 
-    # SCL (eq. 6): every anchor, its own sample in the other modalities.
+    # SCL (eq. 6): every anchor, its own sample in the other modalities (never a memory row).
     scl_terms = []
     for m in range(n_mod):
         for i in range(k):
             scl_terms.append(0.5 * sum((_dot(z[m][i], z[n][i]) - alpha) ** 2
                                        for n in range(n_mod) if n != m))
-    scl = sum(scl_terms) / len(scl_terms)
+    scl = _mean_or_sum(scl_terms, reduction)
 
     # IAMCL (eqs. 7-9) and IEMCL (eqs. 10-12).
     terms = {}
@@ -96,18 +118,18 @@ def oracle_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
                             negatives.append(pair)
                         elif j != i:
                             positives.append(pair)
+                    for j in range(q):
+                        pair = (_dot(z[m][i], zm[n][j]), n_mod * k + n * q + j)
+                        (positives if memory_labels[j] == labels[i] else negatives).append(pair)
                 if not positives:
                     continue  # anchors without a positive are left out of both means
                 ratio, refine = _contrastive_anchor(
                     positives, negatives, target, (name, m, i), opts, frozen_weights, record)
                 ratios.append(ratio)
                 refines.append(refine)
-        if ratios:
-            value = -sum(ratios) / len(ratios)
-            if refinement:
-                value += sum(refines) / len(refines)
-        else:
-            value = 0.0
+        value = -_mean_or_sum(ratios, reduction)
+        if refinement:
+            value += _mean_or_sum(refines, reduction)
         terms[name] = value
 
     total = lambdas[0] * terms["iamcl"] + lambdas[1] * terms["iemcl"] + lambdas[2] * scl
@@ -115,10 +137,16 @@ def oracle_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
                 weights=record)
 
 
-def oracle_grad(x_l, x_a, x_v, labels, *, term="total", eps=1e-6, **options):
+def oracle_grad(x_l, x_a, x_v, labels, **options):
     """Central finite differences of oracle_loss[term] w.r.t. x_l, x_a, x_v (w_p held fixed)."""
-    xs = [[list(map(float, row)) for row in x] for x in (x_l, x_a, x_v)]
-    frozen = oracle_loss(*xs, labels, **options)["weights"]
+    return oracle_grad_multi((x_l, x_a, x_v), labels, **options)
+
+
+def oracle_grad_multi(xs, labels, *, term="total", eps=1e-6, **options):
+    """Central finite differences of oracle_loss_multi[term] w.r.t. every batch in xs (the
+    memory, if any, is held fixed, as are the weights w_p)."""
+    xs = [[list(map(float, row)) for row in x] for x in xs]
+    frozen = oracle_loss_multi(xs, labels, **options)["weights"]
     grads = []
     for x in xs:
         grad = [[0.0] * len(row) for row in x]
@@ -126,9 +154,9 @@ def oracle_grad(x_l, x_a, x_v, labels, *, term="total", eps=1e-6, **options):
             for t in range(len(row)):
                 saved = row[t]
                 row[t] = saved + eps
-                up = oracle_loss(*xs, labels, frozen_weights=frozen, **options)[term]
+                up = oracle_loss_multi(xs, labels, frozen_weights=frozen, **options)[term]
                 row[t] = saved - eps
-                down = oracle_loss(*xs, labels, frozen_weights=frozen, **options)[term]
+                down = oracle_loss_multi(xs, labels, frozen_weights=frozen, **options)[term]
                 row[t] = saved
                 grad[i][t] = (up - down) / (2 * eps)
         grads.append(grad)

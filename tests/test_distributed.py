@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import BatchSampler, RandomSampler
 
-from hycon_ext import hycon_loss
+from hycon_ext import HyConLoss, hycon_loss
 from hycon_ext.distributed import _gather_batch, _gather_sizes, hycon_loss_distributed
 from train import distributed as tdist
 
@@ -108,6 +108,41 @@ def _run_ddp_cases(rank, backend):
     return results
 
 
+# name -> (modalities, per-rank sizes of each step, d, seed, HyConLoss keywords): a memory that
+# fills, wraps and holds the gathered global batches; two modalities summed.
+MEMORY_CASES = {
+    "memory": (3, [(3, 4), (4, 2), (2, 3)], 4, 11, dict(memory_size=9)),
+    "memory_selection": (3, [(3, 4), (4, 2), (2, 3)], 4, 12,
+                         dict(memory_size=9, pair_selection=True, beta=0.3)),
+    "two_modalities_sum": (2, [(4, 3)], 5, 13, dict(reduction="sum", pair_selection=True)),
+}
+
+
+def _memory_steps(name):
+    """[(global xs, labels, per-rank sizes)] of every step of a MEMORY_CASES entry."""
+    n_mod, steps, d, seed, _ = MEMORY_CASES[name]
+    generator = torch.Generator().manual_seed(seed)
+    return [(2.0 * torch.randn(n_mod, sum(sizes), d, generator=generator, dtype=torch.float64),
+             torch.randint(0, 3, (sum(sizes),), generator=generator), sizes) for sizes in steps]
+
+
+def _run_memory_cases(rank, backends):
+    """HyConLoss(distributed=True) over several steps: values, input gradients, final state."""
+    results = {}
+    for backend in backends:
+        for name, (n_mod, _, _, _, options) in MEMORY_CASES.items():
+            module = HyConLoss(distributed=True, backend=backend, **options)
+            steps = []
+            for x, labels, sizes in _memory_steps(name):
+                part = _local_slice(sizes, rank)
+                xs = [x[m, part].clone().requires_grad_() for m in range(n_mod)]
+                out = module(*xs, labels[part])
+                out.total.backward()
+                steps.append(([getattr(out, t).item() for t in TERMS], [v.grad for v in xs]))
+            results[(backend, name)] = (steps, module.state_dict())
+    return results
+
+
 def _run_train_utils(rank, ctx):
     n = 7
     sampler = tdist.eval_sampler(range(n), ctx)
@@ -144,6 +179,7 @@ def _worker(rank, port, backends, out_dir):
     results = dict(
         ctx=(ctx.rank, ctx.world_size, ctx.backend),
         loss=_run_loss_cases(rank, backends),
+        memory=_run_memory_cases(rank, backends),
         ddp={b: _run_ddp_cases(rank, b) for b in backends},
         utils=_run_train_utils(rank, ctx),
         gather=_run_gather(rank),
@@ -199,6 +235,33 @@ def test_matches_single_process(ranks, backend, name, scale_for_ddp):
         part = _local_slice(sizes, rank)
         for m in range(3):
             torch.testing.assert_close(local_grads[m], grad_factor * grads[m][part], **TOL)
+
+
+@pytest.mark.parametrize("name", MEMORY_CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_with_memory_matches_single_process(ranks, backend, name):
+    # One process with the global batches and the same memory: equal values, gradients (W x,
+    # scale_for_ddp) and memory state on every rank, step after step.
+    _require_backend(backend)
+    n_mod, _, _, _, options = MEMORY_CASES[name]
+    module = HyConLoss(backend=backend, **options)
+    expected = []
+    for x, labels, sizes in _memory_steps(name):
+        xs = [x[m].clone().requires_grad_() for m in range(n_mod)]
+        out = module(*xs, labels)
+        out.total.backward()
+        expected.append((torch.tensor([getattr(out, t).item() for t in TERMS]),
+                         [v.grad for v in xs], sizes))
+    for rank, result in enumerate(ranks):
+        steps, state = result["memory"][(backend, name)]
+        for (values, grads), (want, want_grads, sizes) in zip(steps, expected, strict=True):
+            torch.testing.assert_close(torch.tensor(values), want, **TOL)
+            part = _local_slice(sizes, rank)
+            for got, full in zip(grads, want_grads, strict=True):
+                torch.testing.assert_close(got, WORLD * full[part], **TOL)
+        assert state.keys() == module.state_dict().keys()
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(state[key], value, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", DDP_CASES)
