@@ -77,8 +77,8 @@ inline at::ScalarType compute_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// t in dtype. A `to` that has nothing to do still costs a dispatcher round trip (~0.3 us); a
-// small-batch loss step made a dozen of them.
+// t in dtype. A `to` that has nothing to do still costs a dispatcher round trip, and a
+// small-batch loss step would make a dozen of them.
 inline at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : t.to(dtype);
 }

@@ -5,14 +5,18 @@ schemas, the CPU/CUDA kernels and the autograd (C++, at the Autograd key). The f
 below give torch.compile / FakeTensor the output shapes. Semantics: docs/design.md.
 """
 
+from __future__ import annotations
+
 import functools
+from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 try:
-    from . import _C  # noqa: F401  (registers torch.ops.hycon_ext.*)
+    from . import _C  # type: ignore[attr-defined]  # noqa: F401  (registers torch.ops.hycon_ext.*)
 
-    _LOAD_ERROR = None
+    _LOAD_ERROR: ImportError | None = None
 except ImportError as error:  # not built, or built against another torch
     _LOAD_ERROR = error
 
@@ -25,16 +29,16 @@ _OP_NAMES = ("similarity", "pair_sums", "hard_pair_sums", "pair_terms", "loss_va
 _DISPATCH_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}
 
 
-def is_available(device="cpu"):
+def is_available(device: torch.device | str = "cpu") -> bool:
     """True if hycon_ext._C loaded and has kernels for `device` (a torch.device or str)."""
     if _LOAD_ERROR is not None:
         return False
-    # A bare device type skips parsing into a torch.device (~0.4 us of every loss call).
+    # A bare device type skips parsing into a torch.device, which every loss call would pay.
     return _has_kernels(device if device in _DISPATCH_KEYS else torch.device(device).type)
 
 
-@functools.lru_cache(maxsize=None)  # registrations are fixed once _C is loaded; lookups cost ~10 us
-def _has_kernels(device_type):
+@functools.lru_cache(maxsize=None)  # registrations are fixed once _C is loaded; lookups are slow
+def _has_kernels(device_type: str) -> bool:
     key = _DISPATCH_KEYS.get(device_type)
     if key is None or (device_type == "cuda" and not torch.cuda.is_available()):
         return False
@@ -42,27 +46,45 @@ def _has_kernels(device_type):
                for name in _OP_NAMES)
 
 
-def _require_built():
+def _require_built() -> None:
     if _LOAD_ERROR is not None:
         raise RuntimeError(
             "hycon_ext._C is not available (build it with "
             f"`pip install -e . --no-build-isolation`): {_LOAD_ERROR}")
 
 
-def similarity(x, y):
+def similarity(x: Tensor, y: Tensor) -> Tensor:
     """softmax(x) softmax(y)^T over the feature dimension: (N, d), (M, d) -> (N, M)."""
     _require_built()
     return torch.ops.hycon_ext.similarity(x, y)
 
 
-def pair_sums(za, zc, a_ids, c_ids, modes, targets):
+def pair_sums(
+    za: Tensor,
+    zc: Tensor,
+    a_ids: Tensor,
+    c_ids: Tensor,
+    modes: Sequence[int],
+    targets: Sequence[float],
+) -> Tensor:
     """Per-anchor stats (N, len(modes), 4) = [pos_sum, neg_sum, pos_count, refine_sum]."""
     _require_built()
     return torch.ops.hycon_ext.pair_sums(za, zc, a_ids, c_ids, list(modes),
                                          [float(t) for t in targets])
 
 
-def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg):
+def hard_pair_sums(
+    za: Tensor,
+    zc: Tensor,
+    a_ids: Tensor,
+    c_ids: Tensor,
+    modes: Sequence[int],
+    targets: Sequence[float],
+    h: int,
+    gamma: float,
+    select_pos: bool,
+    select_neg: bool,
+) -> Tensor:
     """pair_sums with HyCon-v2 top-h pair selection; returns the stats only."""
     _require_built()
     stats, _state = torch.ops.hycon_ext.hard_pair_sums(
@@ -71,8 +93,20 @@ def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, s
     return stats
 
 
-def pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg,
-               selection, refinement):
+def pair_terms(
+    za: Tensor,
+    zc: Tensor,
+    a_ids: Tensor,
+    c_ids: Tensor,
+    modes: Sequence[int],
+    targets: Sequence[float],
+    h: int,
+    gamma: float,
+    select_pos: bool,
+    select_neg: bool,
+    selection: bool,
+    refinement: bool,
+) -> Tensor:
     """Loss terms (2, len(modes)) = [per-mode sums over anchors; anchors with a positive].
 
     selection=False ignores h, gamma, select_pos and select_neg (pair_sums' stats).
@@ -84,8 +118,20 @@ def pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, selec
     return terms
 
 
-def loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
-                selection, refinement):
+def loss_values(
+    x_l: Tensor,
+    x_a: Tensor,
+    x_v: Tensor,
+    labels: Tensor,
+    alpha: float,
+    lambdas: Sequence[float],
+    h: int,
+    gamma: float,
+    select_pos: bool,
+    select_neg: bool,
+    selection: bool,
+    refinement: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(total, scl, iamcl, iemcl) of the three (K, d) batches: the whole loss in one op.
 
     Modes (INTRA, INTER, SAME_SAMPLE) with targets (1, alpha, alpha); h, gamma, select_pos
@@ -98,11 +144,11 @@ def loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, sel
     return out[:4]
 
 
-def _compute_dtype(dtype):
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _register_fakes():
+def _register_fakes() -> None:
     lib = "hycon_ext::"
 
     @torch.library.register_fake(lib + "similarity")

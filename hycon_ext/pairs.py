@@ -5,10 +5,13 @@ a descriptor [class, modality, sample]; the pair modes say which (anchor, candid
 are positives or negatives.
 """
 
+from __future__ import annotations
+
 import functools
 import math
 
 import torch
+from torch import Tensor
 
 INTRA = 0  # IAMCL: same modality, other sample
 INTER = 1  # IEMCL: other modality
@@ -21,7 +24,7 @@ N_MODALITIES = 3  # the loss's modalities: text, audio, visual (rows stacked in 
 _FLOOR_TOLERANCE = 1e-9
 
 
-def row_descriptors(labels, n_modalities, sample_offset=0):
+def row_descriptors(labels: Tensor, n_modalities: int, sample_offset: int = 0) -> Tensor:
     """Descriptors (n_modalities * K, 3) int64 [class, modality, sample], modality-major.
 
     ``sample_offset`` makes sample ids global when a rank holds samples
@@ -38,7 +41,7 @@ def row_descriptors(labels, n_modalities, sample_offset=0):
 
 
 @functools.lru_cache(maxsize=64)
-def _row_positions(k, n_modalities, sample_offset, device):
+def _row_positions(k: int, n_modalities: int, sample_offset: int, device: torch.device) -> Tensor:
     """The [modality, sample] columns, which depend only on the batch layout.
 
     Cached: the loss builds descriptors on every call and small batches are dominated by
@@ -49,6 +52,6 @@ def _row_positions(k, n_modalities, sample_offset, device):
     return torch.stack((modalities, samples), dim=1)
 
 
-def selection_size(beta, k):
+def selection_size(beta: float, k: int) -> int:
     """h = max(1, floor(beta * K)): pairs kept per anchor and side under pair selection."""
     return max(1, math.floor(beta * k + _FLOOR_TOLERANCE))

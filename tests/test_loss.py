@@ -13,7 +13,7 @@ from oracle import oracle_grad, oracle_loss
 
 TERMS = ("total", "scl", "iamcl", "iemcl")
 
-# (K, d, label pattern, seed, options): every switch and the edge cases of issue 2.
+# (K, d, label pattern, seed, options): every switch and the edge cases of docs/losses.md.
 VALUE_CASES = [
     (6, 5, "random", 0, {}),
     (9, 4, "random", 1, dict(alpha=0.6, lambdas=(0.5, 2.0, 1.5))),

@@ -26,9 +26,9 @@ int64_t chunk_rows(int64_t n, int64_t m) {
   return std::max<int64_t>(1, std::min(c, n));
 }
 
-// Rows per parallel task: the smallest problems stay on one thread (waking a team costs more).
-// Measured at K = 32 (96 x 96 pairs, 2 threads): two tasks of 48 rows took hycon_loss forward +
-// backward from 0.50 to 0.36 ms with selection and 0.27 to 0.25 ms without (was 1 << 15: one).
+// Rows per parallel task: the smallest problems stay on one thread (waking a team costs more),
+// but already a K = 32 loss (96 x 96 pairs) splits in two tasks, which pays on two threads
+// (bench/README.md's log has the measurement).
 constexpr int64_t kPairsPerTask = int64_t(1) << 12;
 int64_t row_grain(int64_t m) {
   return std::max<int64_t>(1, kPairsPerTask / std::max<int64_t>(m, 1));
@@ -148,7 +148,7 @@ void select_first(Candidate<scalar_t>* c, int64_t n, int64_t h, Before before) {
 }
 
 // The row passes avoid data-dependent branches: which relation a pair has is as good as
-// random, and mispredicted branches made them ~3x slower on data the predictor had not seen.
+// random, and mispredicted branches cost more than the arithmetic they would skip.
 // Sums go to kLanes interleaved accumulators so consecutive pairs do not wait on each other.
 constexpr int kLanes = 4;
 
@@ -604,9 +604,8 @@ void symmetrize(scalar_t* ds, int64_t n) {
 }
 
 // Up to this many rows, making dL/dS symmetric in place (n^2 reads and writes) and multiplying
-// once is cheaper than the second (n, n) x (n, d) GEMM it replaces. loss_values' backward,
-// d = 50, 2 threads, two GEMMs -> symmetrised: 384 rows 307-331 -> 247-266 us; 768 rows
-// 1.14-1.46 -> 1.28-1.66 ms and 1536 rows 5.0-6.3 -> 6.8-7.8 ms (slower).
+// once is cheaper than the second (n, n) x (n, d) GEMM it replaces; beyond it the n^2 pass
+// costs more than that GEMM (the threshold was measured both ways: bench/README.md's log).
 constexpr int64_t kSymmetrizeMaxRows = 512;
 
 // The backward of both entry points. same_rows: za and zc are the same rows with the same

@@ -1,4 +1,4 @@
-"""Dataset readers for the standard HyCon benchmark files, and the --demo generators (see issue 3)."""
+"""Dataset readers for the standard HyCon benchmark files, and the --demo generators."""
 from .bundle import EMOTIONS, DataBundle, DataInfo, TensorDictDataset
 from .demo import DEMO_FORMATS, DEMO_VOCAB, write_demo, write_demo_vocab
 from .errors import DataError, DataFileNotFound
