@@ -101,7 +101,8 @@ def finished(seed_dir, expected):
         saved_args = saved["args"]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a train/main.py results file ({err}); remove it to rerun") from None
-    differ = sorted(k for k in expected if k in saved_args and saved_args[k] != expected[k])
+    # None: a default main.py resolves when it runs (e.g. --text-encoder), saved resolved
+    differ = sorted(k for k in expected if k in saved_args and expected[k] is not None and saved_args[k] != expected[k])
     if differ:
         diffs = ", ".join(f"{k}: {saved_args[k]!r} there, {expected[k]!r} now" for k in differ)
         raise ValueError(f"{path}: finished with other settings ({diffs}); use another --out or remove it")

@@ -51,11 +51,17 @@ def build_parser():
                         f"it through the same loader (defaults then: {DEMO_EPOCHS} epochs, lr {DEMO_LR})")
     g.add_argument("--max-seq-len", type=int, default=50, help="token sequence length for bert/xlnet")
     g = p.add_argument_group("model")
-    g.add_argument("--text-encoder", default="transformer", choices=TEXT_ENCODERS,
-                   help="transformer over text features (GloVe / BERT features in the file), or a pretrained "
-                        "bert/xlnet over tokens (the paper's choice for MOSI/MOSEI; needs --pretrained)")
+    g.add_argument("--text-encoder", default=None, choices=TEXT_ENCODERS,
+                   help="default: the paper's setting, bert for mosi/mosei (on a magbert or mmsa file; one line "
+                        "says so where files or weights make it impossible, and the feature transformer runs), "
+                        "transformer for iemocap; transformer = over the file's text features (GloVe / BERT "
+                        "features); bert/xlnet = pretrained, over words or token ids")
     g.add_argument("--pretrained", default=None,
-                   help="local path or Hugging Face cache name of the bert/xlnet model (never downloaded)")
+                   help="bert/xlnet model: a Hugging Face name (the cache, else downloaded into it) or a folder "
+                        "written by save_pretrained; default bert-base-uncased / xlnet-base-cased")
+    g.add_argument("--text-pool", default="last", choices=["last", "cls"],
+                   help="bert/xlnet: x^l from the last real token (eq. 1 takes every modality's last step) or "
+                        "the [CLS] token (MAG-BERT's sentence summary)")
     g.add_argument("--d", type=int, default=50, help="size of each unimodal representation (>= 1)")
     g.add_argument("--layers", type=int, default=1, help="Transformer layers per modality (>= 0)")
     g.add_argument("--heads", type=int, default=5, help="attention heads (>= 1, must divide --d)")
@@ -155,28 +161,31 @@ def loss_settings(args):
 
 
 def load_data(args, out, ctx, log):
-    from train.data import load_dataset, write_demo
+    """The run's data. The text encoder is resolved here (train/text_setting.py: the paper's
+    setting unless files or weights make it impossible, said in one line) into args.text_encoder
+    and args.pretrained, so that results.json and checkpoints record what really ran."""
+    from train import text_setting
+    from train.data import load_dataset
 
-    tokenizer = None
-    if args.text_encoder != "transformer":
-        if not args.pretrained:
-            raise ValueError(f"--text-encoder {args.text_encoder}: --pretrained NAME_OR_PATH is required")
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.pretrained, local_files_only=True)
-        except (OSError, ValueError):  # transformers' messages run for lines and speak of repo ids
-            raise FileNotFoundError(f"--pretrained {args.pretrained}: no tokenizer found there (expected a folder "
-                                    f"written by save_pretrained, or the name of a model in the Hugging Face "
-                                    f"cache; nothing is downloaded)") from None
-    data_dir = Path(args.data_dir)
+    data_dir, fmt = Path(args.data_dir), args.format
     if args.demo:
         data_dir = out / "demo-data"
-        if distributed.is_main(ctx):
-            path = write_demo(args.dataset, data_dir, args.format, seed=0)
-            log(f"demo: wrote synthetic {args.dataset} data to {path}")
-        distributed.barrier(ctx)  # the other ranks read the file once rank 0 has written it
-    return load_dataset(args.dataset, data_dir, args.format, tokenizer=tokenizer, max_seq_len=args.max_seq_len)
+        fmt, args.text_encoder, args.pretrained, lines = text_setting.demo_plan(
+            args.dataset, data_dir, fmt, args.text_encoder, args.pretrained, write=distributed.is_main(ctx))
+        for line in lines:
+            log(line)
+        distributed.barrier(ctx)  # the other ranks read the files once rank 0 has written them
+    setting = text_setting.resolve(args.dataset, data_dir, fmt, args.text_encoder, args.pretrained)
+    bundle = load_dataset(args.dataset, data_dir, setting.fmt, tokenizer=setting.tokenizer,
+                          max_seq_len=args.max_seq_len, text=setting.text)
+    setting = text_setting.after_loading(setting, bundle.info)
+    if setting.note:
+        log(setting.note)
+    if setting.explicit and setting.encoder == "transformer" and args.text_pool != "last":
+        raise ValueError(f"--text-pool {args.text_pool}: applies to bert/xlnet; the feature transformer takes "
+                         f"the last real step (eq. 1)")
+    args.text_encoder, args.pretrained = setting.encoder, setting.pretrained
+    return bundle
 
 
 def summarise(results):
@@ -268,7 +277,8 @@ def _train(args, ctx, device):
         convention=args.metrics_convention, device=device, num_workers=args.num_workers,
         memory_size=args.memory_size)
     model_cfg = ModelConfig(d=args.d, layers=args.layers, heads=args.heads, dropout=args.dropout,
-                            fusion=args.fusion, text_encoder=args.text_encoder, pretrained=args.pretrained)
+                            fusion=args.fusion, text_encoder=args.text_encoder, pretrained=args.pretrained,
+                            text_pool=args.text_pool)
     log(f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
         f"test {len(bundle.test)}; dims {info.dims}; device {device}; {epochs} epochs, lr {lr}")
     if ctx.is_distributed:

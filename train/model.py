@@ -24,7 +24,8 @@ class ModelConfig:
     dropout: float = 0.1
     fusion: str = "add"
     text_encoder: str = "transformer"
-    pretrained: str = None           # local path or HF cache name for bert/xlnet
+    pretrained: str = None           # model name (Hugging Face cache / download) or folder for bert/xlnet
+    text_pool: str = "last"          # bert/xlnet: x^l from the last real token (eq. 1) or the [CLS] token
 
 
 class ModelOutput(NamedTuple):
@@ -71,24 +72,31 @@ class SequenceEncoder(nn.Module):
 
 
 class PretrainedTextEncoder(nn.Module):
-    """BERT/XLNet (transformers AutoModel, local files only) projected to d; x^l = last real token."""
+    """BERT/XLNet (transformers AutoModel.from_pretrained: the Hugging Face cache, else a download)
+    projected to d. pool "last": x^l is the last real token's state, as eq. 1 takes the last step
+    of every modality (BERT's [SEP]); "cls": the [CLS] token's state, the usual BERT sentence
+    summary (MAG-BERT's). XLNet puts <cls> last, so both pools take the same token there."""
 
-    def __init__(self, name_or_path, d):
+    def __init__(self, name_or_path, d, pool="last"):
         super().__init__()
         from transformers import AutoModel
 
+        from train.text_setting import TEXT_POOLS, how_to_get, load_pretrained
+
+        if pool not in TEXT_POOLS:
+            raise ValueError(f"text_pool: expected one of {TEXT_POOLS}, got {pool!r}")
         try:
-            self.backbone = AutoModel.from_pretrained(name_or_path, local_files_only=True)
+            self.backbone = load_pretrained(AutoModel, name_or_path)
         except (OSError, ValueError) as err:  # missing files, or a folder without a model config
-            raise FileNotFoundError(
-                f"--pretrained {name_or_path!r}: no local model found (expected a directory saved with "
-                f"save_pretrained, or a name already in the Hugging Face cache; nothing is downloaded): {err}"
-            ) from err
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FileNotFoundError(f"--pretrained {name_or_path}: cannot load the model ({first}); "
+                                    f"{how_to_get(name_or_path)}") from None
+        self.pool = "last" if self.backbone.config.model_type == "xlnet" else pool
         self.proj = nn.Linear(self.backbone.config.hidden_size, d)
 
     def forward(self, ids, segment, mask):
         hidden = self.backbone(input_ids=ids, attention_mask=mask.long(), token_type_ids=segment).last_hidden_state
-        return self.proj(last_real_step(hidden, mask))
+        return self.proj(hidden[:, 0] if self.pool == "cls" else last_real_step(hidden, mask))
 
 
 class HyConModel(nn.Module):
@@ -106,7 +114,7 @@ class HyConModel(nn.Module):
                                  f"data was loaded as text features; use --text-encoder transformer")
             if not cfg.pretrained:
                 raise ValueError(f"text_encoder {cfg.text_encoder!r}: --pretrained NAME_OR_PATH is required")
-            self.text = PretrainedTextEncoder(cfg.pretrained, cfg.d)
+            self.text = PretrainedTextEncoder(cfg.pretrained, cfg.d, cfg.text_pool)
         else:
             if info.text_kind != "features":
                 raise ValueError("text_encoder 'transformer' needs text features, but the data holds token ids; "

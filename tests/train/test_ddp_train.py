@@ -59,7 +59,7 @@ def _assert_close_results(got, expected, tol):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset, extra", [
-    ("mosi", []),
+    ("mosi", ["--memory-size", "24"]),  # the cross-batch memory holds the global batches on both ranks
     ("iemocap", ["--pair-selection"]),  # h = floor(0.2 * 16) = 3 from the global batch of 16
 ])
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, dataset, extra):
@@ -86,7 +86,10 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, dataset
 def test_demo_written_by_rank0_and_resume_continues_exactly(tmp_path):
     """--demo (rank 0 writes, the others wait) and --resume with dropout on: the per-rank RNG
     states in last.pt make 1 + 1 resumed epochs equal 2 uninterrupted ones."""
-    args = ["--dataset", "mosi", "--demo", "--batch-size", "16", "--backend", "auto"] + CPU
+    # the feature transformer: the demo's small BERT would only make this test slower (its DDP
+    # path is test_pretrained_text_encoder_under_ddp)
+    args = ["--dataset", "mosi", "--demo", "--text-encoder", "transformer", "--batch-size", "16",
+            "--backend", "auto"] + CPU
     full = _torchrun(args + ["--epochs", "2", "--out", str(tmp_path / "full")])
     assert full.count("demo: wrote") == 1
     _torchrun(args + ["--epochs", "1", "--out", str(tmp_path / "part")])

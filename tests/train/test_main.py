@@ -116,7 +116,7 @@ def test_demo_flag_writes_its_own_data_and_trains(tmp_path, capsys):
     main(["--dataset", "mosi", "--demo", "--epochs", "1", "--out", str(tmp_path), "--backend", "reference"])
     printed = capsys.readouterr().out
     assert "demo: lr" in printed and "demo: wrote synthetic mosi data" in printed
-    assert (tmp_path / "demo-data" / "mosi_data.pkl").exists()
+    assert (tmp_path / "demo-data" / "mosi.pkl").exists()  # MAG-BERT's words, for the demo's small BERT
 
 
 def test_loss_settings_map_the_ablation_flags():
@@ -167,7 +167,7 @@ def test_every_documented_flag_exists():
               "--no-negative-selection", "--alpha", "--beta", "--gamma", "--lambdas", "--contrastive-loss", "--lr",
               "--text-lr", "--epochs", "--batch-size", "--seed", "--seeds", "--out", "--resume", "--tsne", "--demo",
               "--data-dir", "--format", "--metrics-convention", "--device", "--num-workers", "--backend",
-              "--triplet-margin"):
+              "--triplet-margin", "--text-pool"):
         assert f in flags, f
 
 

@@ -51,9 +51,11 @@ def search_dirs(data_dir: Path, name: str, fmt: str) -> list[Path]:
     return sub + [data_dir]
 
 
-def find_file(name: str, data_dir: Path, fmt: str) -> tuple[str, Path]:
-    """(format, path) of the dataset file under data_dir; data_dir may also be the file itself."""
-    fmts = formats_for(name) if fmt == "auto" else [fmt]
+def find_file(name: str, data_dir: Path, fmt: str, prefer: tuple = ()) -> tuple[str, Path]:
+    """(format, path) of the dataset file under data_dir; data_dir may also be the file itself.
+    fmt "auto" tries the formats in `prefer` first, then the others in FORMATS order."""
+    fmts = ([f for f in prefer if f in formats_for(name)] + [f for f in formats_for(name) if f not in prefer]
+            if fmt == "auto" else [fmt])
     if data_dir.is_file():
         for f in fmts:
             if data_dir.name in FILES[f][name]:

@@ -24,8 +24,8 @@ SPLITS = {"train": "train", "valid": "dev", "test": "test"}  # bundle split -> f
 
 def read_magbert(path: Path, name: str, tokenizer, max_seq_len: int) -> DataBundle:
     if tokenizer is None:
-        raise DataError(f"{path} is a MAG-BERT file of raw words: it needs a tokenizer; pass "
-                        "--pretrained NAME_OR_PATH (a BERT or XLNet model whose tokenizer splits the words)")
+        raise DataError(f"{path} is a MAG-BERT file of raw words: it needs a pretrained text encoder and its "
+                        "tokenizer (--text-encoder bert|xlnet, optionally --pretrained NAME_OR_PATH)")
     if max_seq_len < 3:
         raise DataError(f"max_seq_len must be >= 3 (two special tokens and a word), got {max_seq_len}")
     data = checks.load_pickle(path)

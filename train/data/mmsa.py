@@ -3,7 +3,8 @@
 dict train/valid/test -> {"text" (N, T, 768) BERT features, "text_bert" (N, 3, T) token ids /
 attention mask / segment ids, "audio" (N, Ta, da), "vision" (N, Tv, dv), "audio_lengths",
 "vision_lengths" (N,), "regression_labels" (N,), "id", ...}. Sequences are RIGHT-padded.
-Text is read as tokens when text_bert is present, else as features.
+Text is read as token ids (text_bert) or as the 768-d features (text): text="auto" takes the
+token ids where every split has them.
 """
 from __future__ import annotations
 
@@ -20,10 +21,19 @@ from .masks import length_mask, nonzero_steps, right_padded_mask
 SPLITS = ("train", "valid", "test")
 
 
-def read_mmsa(path: Path, name: str) -> DataBundle:
+TEXT = ("auto", "tokens", "features")
+
+
+def read_mmsa(path: Path, name: str, text: str = "auto") -> DataBundle:
+    if text not in TEXT:
+        raise DataError(f"text: expected one of {TEXT}, got {text!r}")
     data = checks.load_pickle(path)
     checks.require_splits(data, SPLITS, str(path))
-    tokens = all(isinstance(data[s], dict) and "text_bert" in data[s] for s in SPLITS)
+    has_ids = all(isinstance(data[s], dict) and "text_bert" in data[s] for s in SPLITS)
+    if text == "tokens" and not has_ids:
+        raise DataError(f"{path}: no 'text_bert' token ids in every split; a pretrained text encoder needs them "
+                        f"(use the feature Transformer, --text-encoder transformer, on its 'text' features)")
+    tokens = has_ids and text != "features"
     splits, dims = {}, {m: {} for m in ("text", "audio", "vision")}
     for split in SPLITS:
         tensors = _read_split(data[split], f"{path} [{split}]", tokens)
