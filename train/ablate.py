@@ -1,5 +1,6 @@
-"""Run one of the paper's tables (4: ablations, 5: fusion, 6: alpha, 7: comparison losses) through
-train/main.py, several seeds per row, and write ablation.md and ablation.json.
+"""Run a table of the paper (4: ablations, 5: fusion, 6: alpha, 7: losses) through train/main.py.
+
+Several seeds per row; writes ablation.md and ablation.json.
 
   python train/ablate.py --dataset mosi --table 4 --seeds 1,2,3,4,5 [--rows hycon,v2] [any train/main.py flag]
 
@@ -40,7 +41,7 @@ def build_parser():
     p.add_argument("--dataset", required=True, choices=["iemocap", "mosi", "mosei"])
     p.add_argument("--table", type=int, required=True, choices=sorted(TABLES),
                    help="; ".join(f"{n}: {t.title}" for n, t in TABLES.items()))
-    p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds run for every row")
+    p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds run for every row (default 1,2,3,4,5)")
     p.add_argument("--rows", default=None,
                    help="comma-separated row keys to run (default: all rows of the table); keys: "
                         + "; ".join(f"table {n}: {','.join(r.key for r in t.rows)}" for n, t in TABLES.items()))
