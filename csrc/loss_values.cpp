@@ -2,7 +2,8 @@
 // modality batches in one op and one autograd node: softmax, row descriptors, pair_terms and
 // the lambda-weighted means (docs/design.md). At small K the loss is dominated by per-op and
 // per-autograd-node overhead, so fusing the glue matters more than the kernels there.
-// Device-generic like pair_terms: the scalar glue runs as plain loops on CPU, at:: ops
+// The CPU kernel, and the generic path that the CUDA kernel (csrc/cuda/loss_values_cuda.cu)
+// runs unless the fused CUDA path applies: the scalar glue runs as plain loops on CPU, at:: ops
 // elsewhere (same formulas). On CPU it runs the engine directly rather than through the
 // pair_terms op, so that the similarity block, when it fits one chunk, is kept for the backward
 // (returned as `sim`; elsewhere and for larger batches sim is empty and the backward recomputes).
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "cpu/pair_engine.h"
+#include "loss_values.h"
 #include "ops.h"
 #include "pair_common.h"
 #include "pair_terms.h"
@@ -56,6 +58,8 @@ constexpr std::array<int64_t, 3> kOwnOutput = {2, 3, 1};
 
 std::array<double, 3> mode_targets(double alpha) { return {1.0, alpha, alpha}; }
 
+}  // namespace
+
 void check_loss_inputs(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
                        const at::Tensor& labels, at::ArrayRef<double> lambdas) {
   check_embeddings(x_l, "x_l");
@@ -77,6 +81,8 @@ void check_loss_inputs(const at::Tensor& x_l, const at::Tensor& x_a, const at::T
   TORCH_CHECK(lambdas.size() == 3, "lambdas must hold three weights (IAMCL, IEMCL, SCL), got ",
               lambdas.size());
 }
+
+namespace {
 
 // [class, modality, sample] per row, modality-major (hycon_ext.pairs.row_descriptors).
 at::Tensor row_descriptors(const at::Tensor& labels) {
@@ -151,7 +157,8 @@ at::Tensor grad_terms_from_losses(const at::Tensor& grad_losses, const at::Tenso
 
 // dL/dx of each modality block of z = softmax(x) (rows modality-major, k per block), each
 // written straight into its own (k, d) tensor: dx = z * (dz - <dz, z>) per row. One pass
-// instead of a narrow and a softmax-backward op per block (~10 us of a K = 32 step).
+// instead of a narrow and a softmax-backward op per block, whose per-op overhead dominates at
+// small K.
 std::array<at::Tensor, kModalities> softmax_backward_cpu(const at::Tensor& grad_z,
                                                          const at::Tensor& z, int64_t k) {
   const int64_t d = z.size(1);
@@ -170,7 +177,7 @@ std::array<at::Tensor, kModalities> softmax_backward_cpu(const at::Tensor& grad_
         const scalar_t* gr = g_ptr + r * d;
         const scalar_t* zr = z_ptr + r * d;
         scalar_t* o = out_ptr[r / k] + (r % k) * d;
-        // Four partial sums: one chain of d dependent double adds took ~4 us at K = 32.
+        // Four partial sums, so that consecutive adds do not wait on each other.
         double dot[4] = {0, 0, 0, 0};
         int64_t j = 0;
         for (; j + 4 <= d; j += 4) {
@@ -187,11 +194,13 @@ std::array<at::Tensor, kModalities> softmax_backward_cpu(const at::Tensor& grad_
   return out;
 }
 
+}  // namespace
+
 LossValuesOutputs
-loss_values_kernel(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
-                  const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
-                  int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
-                  bool refinement) {
+loss_values_generic(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
+                    const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
+                    int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
+                    bool refinement) {
   check_loss_inputs(x_l, x_a, x_v, labels, lambdas);
   if (selection) check_selection_args(h, gamma);
   at::AutoDispatchBelowADInplaceOrView guard;
@@ -215,11 +224,10 @@ loss_values_kernel(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tenso
   return {total, scl, iamcl, iemcl, z, terms, stats, state, sim};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
-    const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
+void check_loss_backward_args(const at::Tensor& grad_losses, const at::Tensor& labels,
+                              const at::Tensor& z, at::ArrayRef<double> lambdas,
+                              const at::Tensor& terms, const at::Tensor& sim,
+                              at::ScalarType dtype) {
   TORCH_CHECK(z.dim() == 2 && z.size(0) % kModalities == 0,
               "z must have shape (3K, d), got ", z.sizes());
   const int64_t k = z.size(0) / kModalities;
@@ -244,6 +252,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
   TORCH_CHECK(sim.scalar_type() == z.scalar_type() && sim.device() == z.device(),
               "sim must have the dtype and device of z (", z.scalar_type(), ", ", z.device(),
               "), got ", sim.scalar_type(), " on ", sim.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
+    const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
+    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
+    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
+  check_loss_backward_args(grad_losses, labels, z, lambdas, terms, sim, dtype);
+  const int64_t k = z.size(0) / kModalities;
   at::AutoDispatchBelowADInplaceOrView guard;
   const at::Tensor ids = row_descriptors(labels);
   const at::Tensor grad_terms = grad_terms_from_losses(grad_losses, terms.contiguous(), lambdas);
@@ -278,8 +295,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_kernel(
   return {grad_x[0], grad_x[1], grad_x[2]};
 }
 
-}  // namespace
-
 TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
   m.def(
       "loss_values(Tensor x_l, Tensor x_a, Tensor x_v, Tensor labels, float alpha, "
@@ -294,13 +309,8 @@ TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(hycon_ext, CPU, m) {
-  m.impl("loss_values", &loss_values_kernel);
-  m.impl("loss_values_backward", &loss_values_backward_kernel);
-}
-
-TORCH_LIBRARY_IMPL(hycon_ext, CUDA, m) {
-  m.impl("loss_values", &loss_values_kernel);
-  m.impl("loss_values_backward", &loss_values_backward_kernel);
+  m.impl("loss_values", &loss_values_generic);
+  m.impl("loss_values_backward", &loss_values_backward_generic);
 }
 
 }  // namespace hycon_ext
