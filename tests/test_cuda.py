@@ -307,3 +307,250 @@ def test_loss_ext_matches_reference_on_cuda(ops, dtype, pair_selection):
     tol = TOLERANCES[dtype]
     for ext_t, ref_t in zip(results["ext"], results["reference"]):
         torch.testing.assert_close(ext_t, ref_t, **tol)
+
+
+# ---------------------------------------------------------------- the fused loss_values path
+# HYCON_CUDA_FUSED=1 selects the fused kernels (csrc/cuda/fused_loss.cuh) for loss_values
+# without selection; it is read on every call, so these tests compare both paths in one process.
+
+FUSED_ENV = "HYCON_CUDA_FUSED"
+LOSS_ARGS = dict(alpha=0.8, lambdas=[0.7, 1.3, 2.0], h=1, gamma=1.0, select_pos=True,
+                 select_neg=True, selection=False, refinement=True)
+# Output dtypes of the inputs: half precision gradients are rounded once to their dtype.
+HALF_TOLERANCES = {torch.float16: dict(atol=2e-3, rtol=2e-3),
+                   torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2)}
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """'fused' sets HYCON_CUDA_FUSED=1 for the test, 'chunked' clears it."""
+    if request.param == "fused":
+        monkeypatch.setenv(FUSED_ENV, "1")
+    else:
+        monkeypatch.delenv(FUSED_ENV, raising=False)
+    return request.param
+
+
+def loss_inputs(k, d, seed, dtype=torch.float64, n_classes=3, scale=2.0):
+    gen = torch.Generator().manual_seed(SEED + seed)
+    xs = [(scale * torch.randn(k, d, generator=gen, dtype=torch.float64)).to(dtype)
+          for _ in range(3)]
+    labels = torch.randint(0, n_classes, (k,), generator=gen)
+    grad_losses = torch.randn(4, generator=gen, dtype=torch.float64)
+    return xs, labels, grad_losses
+
+
+def loss_step(xs, labels, grad_losses, device, **overrides):
+    """loss_values forward and backward on `device`: ((4,) losses, terms, stats, 3 gradients),
+    all on the CPU; grad_losses weights (total, scl, iamcl, iemcl)."""
+    args = dict(LOSS_ARGS, **overrides)
+    leaves = on(device, *xs, grad=True)
+    out = torch.ops.hycon_ext.loss_values(*leaves, labels.to(device), args["alpha"],
+                                          args["lambdas"], args["h"], args["gamma"],
+                                          args["select_pos"], args["select_neg"],
+                                          args["selection"], args["refinement"])
+    losses = torch.stack(out[:4])
+    grads = torch.autograd.grad((losses * grad_losses.to(device, losses.dtype)).sum(), leaves)
+    return (losses.detach().cpu(), out[5].cpu(), out[6].cpu(), *(g.cpu() for g in grads))
+
+
+def assert_steps_close(got, expected, tol, equal_nan=False):
+    """Like assert_close, with atol at least rtol x the expected tensor's largest entry (see
+    scaled_tolerance), in every dtype."""
+    for name, g, e in zip(["losses", "terms", "stats", "grad_l", "grad_a", "grad_v"], got,
+                          expected):
+        largest = e.double().abs().nan_to_num(0.0).max().item() if e.numel() else 0.0
+        torch.testing.assert_close(g.double(), e.double(), equal_nan=equal_nan,
+                                   msg=lambda m, name=name: f"{name}: {m}",
+                                   atol=max(tol["atol"], tol["rtol"] * largest),
+                                   rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=dtype_id)
+@pytest.mark.parametrize("k,d,refinement", [
+    (1, 1, True),
+    (5, 50, True),
+    (70, 64, False),   # 210 rows: tiles of 64 and 32 do not divide them
+    (100, 200, True),
+    (30, 256, True),
+    (250, 50, True),   # 750 rows: several candidate-tile splits
+])
+def test_loss_values_cuda_matches_cpu_and_float64(ops, path, dtype, k, d, refinement):
+    xs, labels, grad_losses = loss_inputs(k, d, seed=k + d, dtype=dtype)
+    got = loss_step(xs, labels, grad_losses, "cuda", refinement=refinement)
+    cpu = loss_step(xs, labels, grad_losses, "cpu", refinement=refinement)
+    exact = loss_step([x.double() for x in xs], labels, grad_losses, "cpu",
+                      refinement=refinement)
+    for t, c in zip(got, cpu):
+        assert t.dtype == c.dtype and t.shape == c.shape
+    if dtype in HALF_TOLERANCES:
+        # Both devices compute in float32 from the same rounded inputs; gradients are rounded
+        # to the inputs' dtype at the end.
+        assert_steps_close(got[:3], cpu[:3], TOLERANCES[torch.float32])
+        assert_steps_close(got[3:], cpu[3:], HALF_TOLERANCES[dtype])
+        assert_steps_close(got[3:], exact[3:], HALF_TOLERANCES[dtype])
+    else:
+        assert_steps_close(got, cpu, TOLERANCES[dtype])
+        assert_steps_close(got, exact, dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32
+                           else TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
+def test_loss_values_nan_input_matches_cpu(ops, path):
+    xs, labels, grad_losses = loss_inputs(20, 9, seed=31)
+    xs[1][4, 0] = float("nan")  # the row's similarities are all NaN
+    got = loss_step(xs, labels, grad_losses, "cuda")
+    cpu = loss_step(xs, labels, grad_losses, "cpu")
+    assert cpu[2].isnan().any() and not cpu[2][..., 2].isnan().any()
+    assert_steps_close(got[:3], cpu[:3], TOLERANCES[torch.float64], equal_nan=True)
+
+
+@pytest.mark.parametrize("k,d", [(7, 3), (20, 300)])  # d = 300: the backward's chunked route
+def test_fused_matches_chunked_path(ops, monkeypatch, k, d):
+    xs, labels, grad_losses = loss_inputs(k, d, seed=40 + d, dtype=torch.float32)
+    monkeypatch.setenv(FUSED_ENV, "1")
+    fused = loss_step(xs, labels, grad_losses, "cuda")
+    monkeypatch.delenv(FUSED_ENV)
+    chunked = loss_step(xs, labels, grad_losses, "cuda")
+    assert_steps_close(fused, chunked, TOLERANCES[torch.float32])
+
+
+def test_fused_env_leaves_selection_on_the_chunked_path(ops, monkeypatch):
+    xs, labels, grad_losses = loss_inputs(40, 16, seed=50, dtype=torch.float32)
+    monkeypatch.setenv(FUSED_ENV, "1")
+    with_env = loss_step(xs, labels, grad_losses, "cuda", selection=True, h=5)
+    monkeypatch.delenv(FUSED_ENV)
+    without = loss_step(xs, labels, grad_losses, "cuda", selection=True, h=5)
+    for a, b in zip(with_env, without):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
+def test_loss_values_gradcheck_on_cuda(ops, path):
+    xs, labels, _ = loss_inputs(4, 5, seed=60)
+    x_l, x_a, x_v = on("cuda", *xs, grad=True)
+    lab = labels.cuda()
+    a = LOSS_ARGS
+
+    def fn(x_l, x_a, x_v):
+        out = torch.ops.hycon_ext.loss_values(x_l, x_a, x_v, lab, a["alpha"], a["lambdas"],
+                                              a["h"], a["gamma"], a["select_pos"],
+                                              a["select_neg"], False, a["refinement"])
+        return out[:4]
+
+    assert torch.autograd.gradcheck(fn, (x_l, x_a, x_v))
+
+
+@pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+def test_loss_values_opcheck_on_cuda(ops, path, dtype):
+    xs, labels, _ = loss_inputs(9, 6, seed=70, dtype=dtype)
+    leaves = on("cuda", *xs, grad=True)
+    lab = labels.cuda()
+    a = LOSS_ARGS
+    args = (a["alpha"], a["lambdas"], a["h"], a["gamma"], a["select_pos"], a["select_neg"],
+            False, a["refinement"])
+    lib = torch.ops.hycon_ext
+    torch.library.opcheck(lib.loss_values.default, (*leaves, lab, *args))
+    _, _, _, _, z, terms, stats, state, sim = lib.loss_values(*leaves, lab, *args)
+    grad_losses = torch.randn(4, dtype=dtype, device="cuda")
+    torch.library.opcheck(lib.loss_values_backward.default,
+                          (grad_losses, lab, z, a["alpha"], a["lambdas"], a["gamma"],
+                           a["select_pos"], a["select_neg"], False, a["refinement"], terms,
+                           stats, state, sim, dtype))
+
+
+@pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
+@pytest.mark.parametrize("selection", [False, True])
+def test_loss_values_is_bitwise_repeatable(ops, path, selection):
+    xs, labels, grad_losses = loss_inputs(700, 50, seed=80, dtype=torch.float32)
+    first = loss_step(xs, labels, grad_losses, "cuda", selection=selection, h=140)
+    for _ in range(2):
+        again = loss_step(xs, labels, grad_losses, "cuda", selection=selection, h=140)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+def test_fused_path_never_uses_tf32(ops, monkeypatch):
+    """Plain FP32 products: allow_tf32 must not change a bit of the fused path's results."""
+    monkeypatch.setenv(FUSED_ENV, "1")
+    xs, labels, grad_losses = loss_inputs(300, 50, seed=90, dtype=torch.float32)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with_tf32 = loss_step(xs, labels, grad_losses, "cuda")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        without = loss_step(xs, labels, grad_losses, "cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    for a, b in zip(with_tf32, without):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("k,d", [(64, 50), (333, 200)])
+def test_fused_step_captures_in_a_cuda_graph(ops, monkeypatch, k, d):
+    """A whole forward + backward step captured with torch.cuda.graph replays to the eager
+    results, bit for bit, on fresh inputs copied into the captured tensors."""
+    monkeypatch.setenv(FUSED_ENV, "1")
+    a = LOSS_ARGS
+    static = [torch.zeros(k, d, device="cuda", requires_grad=True) for _ in range(3)]
+    labels = torch.zeros(k, dtype=torch.int64, device="cuda")
+    weights = torch.zeros(4, device="cuda")
+
+    def step():
+        out = torch.ops.hycon_ext.loss_values(*static, labels, a["alpha"], a["lambdas"],
+                                              a["h"], a["gamma"], True, True, False,
+                                              a["refinement"])
+        losses = torch.stack(out[:4])
+        return (losses, *torch.autograd.grad((losses * weights).sum(), static))
+
+    def load(seed):
+        xs, lab, grad_losses = loss_inputs(k, d, seed=seed, dtype=torch.float32)
+        with torch.no_grad():
+            for s, x in zip(static, xs):
+                s.copy_(x)
+            labels.copy_(lab)
+            weights.copy_(grad_losses)
+
+    load(100)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()  # warm-up outside the capture, as torch.cuda.graph requires
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for seed in (101, 102):
+        load(seed)
+        graph.replay()
+        eager = step()
+        for c, e in zip(captured, eager):
+            assert torch.equal(c, e)
+        assert torch.isfinite(captured[0]).all()
+
+
+@pytest.mark.parametrize("pair_selection", [False, True])
+def test_memory_of_four_modalities_moves_to_cuda_and_matches_cpu(ops, pair_selection):
+    from hycon_ext import HyConLoss
+
+    gen = torch.Generator().manual_seed(SEED + 60)
+    batches = [([torch.randn(5, 6, generator=gen, dtype=torch.float64) for _ in range(4)],
+                torch.randint(0, 3, (5,), generator=gen)) for _ in range(3)]
+    options = dict(memory_size=7, backend="ext", pair_selection=pair_selection, beta=0.3)
+    cpu = HyConLoss(**options)
+    cpu(*batches[0][0], batches[0][1])
+    gpu = HyConLoss(**options)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    assert all(b.is_cuda for b in gpu.buffers())
+    for xs, labels in batches[1:]:  # the memory fills and wraps around on both devices
+        want = cpu(*xs, labels)
+        got = gpu(*(x.cuda() for x in xs), labels.cuda())
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a.cpu(), b, **TOLERANCES[torch.float64])
+    for key, value in cpu.state_dict().items():
+        torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, **TOLERANCES[torch.float64])
