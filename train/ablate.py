@@ -13,6 +13,7 @@ paper's number beside each for reference.
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -147,6 +148,11 @@ def _paper(key, value):
     return f"{value:.3f}" if key.startswith(("MAE", "Corr")) else f"{value:.1f}"
 
 
+def _seconds(value):
+    # runs of a main.py that did not time inference have none
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
 def write_outputs(out, table, entries, meta):
     (out / "ablation.json").write_text(json.dumps({**meta, "table": table.number, "title": table.title,
                                                    "rows": entries}, indent=2))
@@ -171,7 +177,7 @@ def write_outputs(out, table, entries, meta):
         cells = [_cell(c, e["mean"][c], e["std"][c])
                  + (f" ({_paper(c, e['paper'][c])})" if c in paper_cols else "") for c in columns]
         lines.append(f"| {e['name']} | " + " | ".join(cells)
-                     + f" | {len(e['seeds'])} | {e['train_time_s']:.1f} | {e['test_inference_s']:.2f} |")
+                     + f" | {len(e['seeds'])} | {e['train_time_s']:.1f} | {_seconds(e['test_inference_s'])} |")
     if table.note:
         lines += ["", table.note]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
