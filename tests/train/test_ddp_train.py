@@ -59,7 +59,8 @@ def _assert_close_results(got, expected, tol):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset, extra", [
-    ("mosi", ["--memory-size", "24"]),  # the cross-batch memory holds the global batches on both ranks
+    # the cross-batch memory holds the global batches on both ranks; the terms summed over the global batch
+    ("mosi", ["--memory-size", "24", "--hybrid-reduction", "sum"]),
     ("iemocap", ["--pair-selection"]),  # h = floor(0.2 * 16) = 3 from the global batch of 16
 ])
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, dataset, extra):

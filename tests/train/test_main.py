@@ -122,9 +122,9 @@ def test_demo_flag_writes_its_own_data_and_trains(tmp_path, capsys):
 def test_loss_settings_map_the_ablation_flags():
     parse = build_parser().parse_args
     kw = loss_settings(parse(["--dataset", "mosi"]))
-    assert kw == dict(alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), reduction="sum", backend="auto",
+    assert kw == dict(alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), reduction="mean", backend="auto",
                       pair_selection=False, select_positives=True, select_negatives=True, refinement=True)
-    assert loss_settings(parse(["--dataset", "mosi", "--hybrid-reduction", "mean"]))["reduction"] == "mean"
+    assert loss_settings(parse(["--dataset", "mosi", "--hybrid-reduction", "sum"]))["reduction"] == "sum"
     kw = loss_settings(parse(["--dataset", "mosi", "--no-margin", "--no-iemcl", "--lambdas", "2,3,4",
                               "--pair-selection", "--no-positive-selection", "--no-refinement"]))
     assert kw["alpha"] == 1.0 and kw["lambdas"] == (2.0, 0.0, 4.0)
