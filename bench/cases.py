@@ -110,6 +110,25 @@ def make_loss_step(impl, k, device, pair_selection, compile_backend="inductor", 
     raise ValueError(f"impl must be one of {LOSS_IMPLS}, got {impl!r}")
 
 
+def make_memory_step(impl, k, q, device, pair_selection, seed=0):
+    """Forward + backward of HyConLoss(memory_size=q) on K samples, its memory already full.
+
+    impl: "ext" or "reference" (the backend). The memory starts with q random samples, and
+    each call enqueues the batch, so every call pairs 3K anchors with 3(K + q) candidates.
+    """
+    from hycon_ext import HyConLoss
+
+    if impl not in ("ext", "reference"):
+        raise ValueError(f"impl must be 'ext' or 'reference' for a memory case, got {impl!r}")
+    xs, labels = loss_inputs(k, device, seed)
+    module = HyConLoss(memory_size=q, backend=impl, alpha=ALPHA, beta=BETA, gamma=GAMMA,
+                       pair_selection=pair_selection).to(device)
+    gen = torch.Generator().manual_seed(seed + 2)
+    held = torch.softmax(torch.randn(3, q, D, generator=gen), dim=-1).to(device)
+    module.memory.push(held, torch.randint(0, N_CLASSES, (q,), generator=gen).to(device))
+    return _fwd_bwd(lambda: module(*xs, labels).total, xs)
+
+
 def make_op_step(op, impl, k, device, seed=0):
     """Forward + backward of one op (ext) or its pure-PyTorch twin (reference) on 3K x 3K rows."""
     from hycon_ext.pairs import INTER, INTRA, SAME_SAMPLE, row_descriptors, selection_size
@@ -152,6 +171,11 @@ def loss_spec(impl, k, device, pair_selection):
     return {"kind": "loss", "impl": impl, "k": k, "device": device, "pair_selection": pair_selection}
 
 
+def memory_spec(impl, k, q, device, pair_selection):
+    return {"kind": "memory", "impl": impl, "k": k, "q": q, "device": device,
+            "pair_selection": pair_selection}
+
+
 def op_spec(op, impl, k, device):
     return {"kind": "op", "op": op, "impl": impl, "k": k, "device": device}
 
@@ -162,4 +186,7 @@ def make_step(spec):
         return make_loss_step(spec["impl"], spec["k"], spec["device"], spec["pair_selection"])
     if spec["kind"] == "op":
         return make_op_step(spec["op"], spec["impl"], spec["k"], spec["device"])
-    raise ValueError(f"spec['kind'] must be 'loss' or 'op', got {spec['kind']!r}")
+    if spec["kind"] == "memory":
+        return make_memory_step(spec["impl"], spec["k"], spec["q"], spec["device"],
+                                spec["pair_selection"])
+    raise ValueError(f"spec['kind'] must be 'loss', 'op' or 'memory', got {spec['kind']!r}")

@@ -2,7 +2,7 @@
 
     python bench/report.py [--sizes 32,128,512,2048] [--repeats 10] [--min-seconds 1]
                            [--no-compile]
-                           [--epoch] [--big] [--markdown-out FILE]
+                           [--epoch] [--big] [--memory Q [--memory-k K] [--memory-only]] [--markdown-out FILE]
 
 Per device (CPU; CUDA when present), K and pair selection: median time of ext, the eager
 reference, torch.compile(reference) and pytorch-metric-learning's SupConLoss (same 3K rows
@@ -12,6 +12,8 @@ CPU one child process per device measures them, away from the timings).
 --epoch adds one training epoch of the IEMOCAP demo (train/), ext vs reference, same seed.
 --big runs ext alone at K = 16384 and sets its peak against what the dense reference would
 need (extrapolated from the reference peaks measured here, not run).
+--memory Q adds HyConLoss(memory_size=Q) at K = --memory-k (default 256), its memory full:
+ext vs the reference, time and peak memory, interleaved like the loss rows.
 Progress goes to stderr; stdout is only the Markdown.
 """
 
@@ -195,6 +197,36 @@ def big_section(rows, devices):
     return lines
 
 
+def memory_section(args):
+    """HyConLoss with a full cross-batch memory, ext vs reference: 3K anchors x 3(K + Q) candidates."""
+    k, q = args.memory_k, args.memory
+    lines = [
+        f"### Cross-batch memory: K = {k}, Q = {q} (HyConLoss(memory_size={q}), memory full)",
+        "",
+        "| device | sel | ext ms | reference ms | ref/ext | ext peak MB | ref peak MB | ref/ext mem | calls |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for device in args.devices:
+        rows = []
+        for pair_selection in (False, True):
+            log(f"memory: {device} K={k} Q={q} sel={cases.sel_name(pair_selection)}")
+            steps = {i: cases.make_memory_step(i, k, q, device, pair_selection) for i in MEMORY_IMPLS}
+            rows.append((pair_selection, *time_interleaved(steps, device, args.repeats, args.warmup,
+                                                           args.min_seconds)))
+            del steps
+        log(f"memory: {device} peaks, {2 * len(MEMORY_IMPLS)} cases")  # one child process (CPU)
+        specs = [cases.memory_spec(i, k, q, device, sel) for sel, _, _ in rows for i in MEMORY_IMPLS]
+        all_peaks = memory.peak_bytes_many(specs)[0]
+        for n, (pair_selection, times, calls) in enumerate(rows):
+            peaks = dict(zip(MEMORY_IMPLS, all_peaks[n * len(MEMORY_IMPLS):(n + 1) * len(MEMORY_IMPLS)]))
+            lines.append(
+                f"| {device} | {cases.sel_name(pair_selection)} | {_ms(times['ext'])} "
+                f"| {_ms(times['reference'])} | {_ratio(times['reference'], times['ext'])} "
+                f"| {_mb(peaks['ext'])} | {_mb(peaks['reference'])} "
+                f"| {_ratio(peaks['reference'], peaks['ext'])} | {calls} |")
+    return lines
+
+
 def epoch_section():
     """One epoch of `train/main.py --dataset iemocap --demo` per backend, same seed."""
     from train.main import main as train_main
@@ -235,12 +267,20 @@ def parse_args(argv=None):
     p.add_argument("--devices", default=",".join(cases.devices()), help="comma-separated: cpu, cuda")
     p.add_argument("--epoch", action="store_true", help="add one training epoch of the IEMOCAP demo, ext vs reference")
     p.add_argument("--big", action="store_true", help=f"add K = {BIG_K}, ext only: peak memory within 1 GB")
+    p.add_argument("--memory", type=int, default=0, metavar="Q",
+                   help="add HyConLoss(memory_size=Q) with a full memory at K = --memory-k, ext vs reference")
+    p.add_argument("--memory-k", type=int, default=256, metavar="K", help="batch size of the --memory rows")
+    p.add_argument("--memory-only", action="store_true", help="with --memory: skip the loss rows of --sizes")
     p.add_argument("--markdown-out", type=Path, default=None, help="also write the Markdown to this file")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.min_seconds < 0:
         p.error(f"--min-seconds must be >= 0, got {args.min_seconds}")
+    if args.memory < 0 or args.memory_k < 1:
+        p.error(f"--memory must be >= 0 and --memory-k >= 1, got {args.memory} and {args.memory_k}")
+    if args.memory_only and not args.memory:
+        p.error("--memory-only: needs --memory Q")
     if args.warmup < 1:
         p.error(f"--warmup must be >= 1 (the first call includes compilation), got {args.warmup}")
     args.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
@@ -260,14 +300,16 @@ def main(argv=None):
             sys.exit(f"error: {reason}")
     rows = []
     for device in args.devices:
-        for k in args.sizes:
+        for k in () if args.memory_only else args.sizes:
             for pair_selection in (False, True):
                 log(f"loss: {device} K={k} sel={cases.sel_name(pair_selection)}")
                 rows.append(measure_row(device, k, pair_selection, args))
     add_peaks(rows)
-    lines = header(args) + [""] + loss_table(rows)
+    lines = header(args) + ([] if args.memory_only else [""] + loss_table(rows))
     if args.big:
         lines += [""] + big_section(rows, args.devices)
+    if args.memory:
+        lines += [""] + memory_section(args)
     if args.epoch:
         lines += [""] + epoch_section()
     text = "\n".join(lines) + "\n"

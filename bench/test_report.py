@@ -37,3 +37,16 @@ def test_report_prints_one_row_per_selection(tmp_path, capsys):
         assert cells[5].strip() == "—"  # compiled skipped
         assert cells[7].strip().endswith("x")  # ref/ext
         assert int(cells[-1]) == 1  # calls
+
+
+def test_memory_rows_time_ext_and_reference(capsys):
+    report.main(["--memory", "8", "--memory-k", "4", "--memory-only", "--repeats", "1",
+                 "--min-seconds", "0", "--devices", "cpu"])
+    text = capsys.readouterr().out
+    assert "K = 4, Q = 8" in text and "| ext ms |" not in text.split("Cross-batch")[0]
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| cpu |")]
+    assert [r[1].strip() for r in rows] == ["off", "on"]
+    for cells in rows:
+        assert float(cells[2]) > 0 and float(cells[3]) > 0  # ext and reference ms
+        assert cells[4].strip().endswith("x") and int(cells[-1]) == 1
+
