@@ -81,11 +81,6 @@ class CrossBatchMemory(nn.Module):
         self.count.fill_(min(self.size, self.filled() + keep))
         self.pointer.fill_((int(self.pointer) + keep) % self.size)
 
-    def reset(self):
-        """Empty the memory (the rows buffer keeps its shape)."""
-        self.count.zero_()
-        self.pointer.zero_()
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         saved = state_dict.get(prefix + "rows")
@@ -96,4 +91,4 @@ class CrossBatchMemory(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def extra_repr(self):
-        return f"size={self.size}, filled={self.filled()}"
+        return f"size={self.size}"  # not the fill level: reading it would sync a GPU (or fail on meta)
