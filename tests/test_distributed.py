@@ -36,6 +36,7 @@ CASES = {
     "selection_no_refinement": ((6, 5), 4, 8, dict(pair_selection=True, refinement=False)),
     "all_equal_labels": ((4, 3), 4, 9, dict(pair_selection=True, beta=0.3)),
     "distinct_labels": ((3, 4), 4, 10, {}),  # no positives: IAMCL and IEMCL are 0
+    "sum": ((5, 3), 4, 14, dict(reduction="sum", pair_selection=True, lambdas=(0.4, 1.1, 0.7))),
 }
 BACKENDS = ("reference", "ext")
 DDP_CASES = ("unequal", "selection_unequal")
