@@ -210,7 +210,7 @@ def loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, sel
 
 def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
                lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
-               select_negatives=True, refinement=True, backend="reference"):
+               select_negatives=True, refinement=True, reduction="mean", backend="reference"):
     """The HyCon loss in eager PyTorch: hycon_ext.hycon_loss(..., backend="reference").
 
     Same signature as hycon_ext.hycon_loss; backend can only be "reference".
@@ -223,4 +223,5 @@ def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
     return _hycon_loss(
         x_l, x_a, x_v, labels, alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas,
         pair_selection=pair_selection, select_positives=select_positives,
-        select_negatives=select_negatives, refinement=refinement, backend="reference")
+        select_negatives=select_negatives, refinement=refinement, reduction=reduction,
+        backend="reference")
