@@ -21,6 +21,11 @@ from .pairs import row_descriptors
 class CrossBatchMemory(nn.Module):
     """FIFO of the ``size`` most recent samples: their rows in every modality and their labels."""
 
+    rows: torch.Tensor
+    labels: torch.Tensor
+    count: torch.Tensor
+    pointer: torch.Tensor
+
     def __init__(self, size):
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -91,4 +96,5 @@ class CrossBatchMemory(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def extra_repr(self):
-        return f"size={self.size}"  # not the fill level: reading it would sync a GPU (or fail on meta)
+        # Not the fill level: reading it would sync a GPU, and fail on meta.
+        return f"size={self.size}"

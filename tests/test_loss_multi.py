@@ -22,7 +22,8 @@ def _batch(n_mod, k, d, seed, pattern="random"):
 def _check_against_oracle(out, xs, labels, options):
     expected = oracle_loss_multi([x.tolist() for x in xs], labels.tolist(), **options)
     for name in TERMS:
-        assert getattr(out, name).item() == pytest.approx(expected[name], rel=1e-10, abs=1e-12), name
+        value = getattr(out, name).item()
+        assert value == pytest.approx(expected[name], rel=1e-10, abs=1e-12), name
 
 
 @pytest.mark.parametrize("options", [{}, dict(SELECTION, lambdas=(0.5, 2.0, 1.5)),
