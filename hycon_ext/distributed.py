@@ -24,9 +24,15 @@ Without an initialised process group that path is one process's batch against it
 memory).
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import Tensor
 
 from .loss import (HyConOutput, HyConTerms, _check_inputs, check_options, hycon_loss,
                    hycon_terms, terms_to_output)
@@ -74,11 +80,11 @@ def _gather_sizes(x, group):
     local = torch.tensor(x.shape, dtype=torch.int64, device=x.device)
     shapes = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(shapes, local, group=group)
-    shapes = [tuple(s.tolist()) for s in shapes]
-    if len({d for _, d in shapes}) != 1:
+    per_rank = [tuple(s.tolist()) for s in shapes]
+    if len({d for _, d in per_rank}) != 1:
         raise ValueError(
-            f"x_l: every rank must have the same feature size d, got (K, d) per rank {shapes}")
-    return [k for k, _ in shapes]
+            f"x_l: every rank must have the same feature size d, got (K, d) per rank {per_rank}")
+    return [k for k, _ in per_rank]
 
 
 def _gather_batch(x, labels, sizes, group):
@@ -91,16 +97,31 @@ def _gather_batch(x, labels, sizes, group):
     rows = _GatherRows.apply(F.pad(x, (0, 0, 0, pad)), group)  # (W, n_mod, k_max, d)
     rows = torch.cat([rows[r, :, :k] for r, k in enumerate(sizes)], dim=1)
     padded = F.pad(labels.to(torch.int64), (0, pad))
-    all_labels = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(all_labels, padded, group=group)
-    all_labels = torch.cat([lab[:k] for lab, k in zip(all_labels, sizes)])
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded, group=group)
+    all_labels = torch.cat([lab[:k] for lab, k in zip(gathered, sizes)])
     return rows.reshape(-1, x.shape[-1]), all_labels
 
 
-def hycon_loss_distributed(x_l, x_a, x_v, labels, *, group=None, scale_for_ddp=True,
-                           alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
-                           pair_selection=False, select_positives=True, select_negatives=True,
-                           refinement=True, reduction="mean", backend="auto"):
+def hycon_loss_distributed(
+    x_l: Tensor,
+    x_a: Tensor,
+    x_v: Tensor,
+    labels: Tensor,
+    *,
+    group: Optional[dist.ProcessGroup] = None,
+    scale_for_ddp: bool = True,
+    alpha: float = 0.8,
+    beta: float = 0.2,
+    gamma: float = 1.0,
+    lambdas: Sequence[float] = (1.0, 1.0, 1.0),
+    pair_selection: bool = False,
+    select_positives: bool = True,
+    select_negatives: bool = True,
+    refinement: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> HyConOutput:
     """hycon_loss over the global batch of all ranks of ``group`` (default: the world).
 
     Every rank of the group must call it with its own local batch (K_r, d) (K_r may differ
@@ -114,7 +135,7 @@ def hycon_loss_distributed(x_l, x_a, x_v, labels, *, group=None, scale_for_ddp=T
     # before any collective, so that bad options fail on every rank alike instead of hanging
     check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
                   reduction=reduction)
-    options = dict(alpha=alpha, beta=beta, gamma=gamma, pair_selection=pair_selection,
+    options: dict[str, Any] = dict(alpha=alpha, beta=beta, gamma=gamma, pair_selection=pair_selection,
                    select_positives=select_positives, select_negatives=select_negatives,
                    refinement=refinement, backend=backend)
     labels = labels.to(x_l.device)

@@ -6,18 +6,23 @@ Any other number of modalities, reduction="sum" and the cross-batch memory go th
 `pair_terms` (anchors against candidates), whose un-normalised sums carry the gradient.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 import warnings
-from typing import NamedTuple
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, NamedTuple, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import reference
 from .memory import CrossBatchMemory
 from .pairs import INTER, INTRA, SAME_SAMPLE, row_descriptors, selection_size
 
+_ops: Optional[ModuleType]
 try:
     from . import ops as _ops
 except ImportError:  # extension package not built (or ops.py absent): reference only
@@ -60,8 +65,15 @@ def _is_real(value):
     return type(value) is float or isinstance(value, numbers.Real)
 
 
-def check_options(*, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0), backend="auto",
-                  reduction="mean"):
+def check_options(
+    *,
+    alpha: float = 0.8,
+    beta: float = 0.2,
+    gamma: float = 1.0,
+    lambdas: Sequence[float] = (1.0, 1.0, 1.0),
+    backend: str = "auto",
+    reduction: str = "mean",
+) -> None:
     """Validate the options of every HyCon entry point (ranges: docs/losses.md).
 
     The defaults are valid, so a caller passes the options it takes. TypeError for a
@@ -180,7 +192,9 @@ def _resolve_backend(backend, device):
     return reference
 
 
-def terms_to_output(terms, lambdas=(1.0, 1.0, 1.0), reduction="mean"):
+def terms_to_output(
+    terms: HyConTerms, lambdas: Sequence[float] = (1.0, 1.0, 1.0), reduction: str = "mean"
+) -> HyConOutput:
     """HyConOutput from (possibly all-reduced) terms.
 
     reduction="mean": term k = sums[k] / counts[k] (0 when counts[k] is 0); "sum": sums[k].
@@ -199,9 +213,22 @@ def _selection_size(beta, n_samples, pair_selection):
     return selection_size(beta, n_samples) if pair_selection else 0
 
 
-def hycon_terms(z_anchor, z_cand, a_ids, c_ids, *, n_samples, alpha=0.8, beta=0.2, gamma=1.0,
-                pair_selection=False, select_positives=True, select_negatives=True,
-                refinement=True, backend="auto"):
+def hycon_terms(
+    z_anchor: Tensor,
+    z_cand: Tensor,
+    a_ids: Tensor,
+    c_ids: Tensor,
+    *,
+    n_samples: int,
+    alpha: float = 0.8,
+    beta: float = 0.2,
+    gamma: float = 1.0,
+    pair_selection: bool = False,
+    select_positives: bool = True,
+    select_negatives: bool = True,
+    refinement: bool = True,
+    backend: str = "auto",
+) -> HyConTerms:
     """Un-normalised HyCon terms of some anchor rows against a candidate set (for DDP).
 
     z_anchor (N, d), z_cand (M, d): softmax-normalised rows; a_ids, c_ids: their descriptors
@@ -246,9 +273,23 @@ def _terms(ops, za, zc, a_ids, c_ids, h, alpha, gamma, select_positives, select_
     return HyConTerms(terms[0], terms[1])
 
 
-def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
-               lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
-               select_negatives=True, refinement=True, reduction="mean", backend="auto"):
+def hycon_loss(
+    x_l: Tensor,
+    x_a: Tensor,
+    x_v: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float = 0.8,
+    beta: float = 0.2,
+    gamma: float = 1.0,
+    lambdas: Sequence[float] = (1.0, 1.0, 1.0),
+    pair_selection: bool = False,
+    select_positives: bool = True,
+    select_negatives: bool = True,
+    refinement: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> HyConOutput:
     """Hybrid contrastive loss (paper eq. 16) of three (K, d) modality batches.
 
     Returns HyConOutput(total, scl, iamcl, iemcl), 0-dim tensors differentiable w.r.t. the
@@ -263,9 +304,21 @@ def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
                        select_positives, select_negatives, refinement, reduction, backend)
 
 
-def hycon_loss_multi(xs, labels, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
-                     pair_selection=False, select_positives=True, select_negatives=True,
-                     refinement=True, reduction="mean", backend="auto"):
+def hycon_loss_multi(
+    xs: Sequence[Tensor],
+    labels: Tensor,
+    *,
+    alpha: float = 0.8,
+    beta: float = 0.2,
+    gamma: float = 1.0,
+    lambdas: Sequence[float] = (1.0, 1.0, 1.0),
+    pair_selection: bool = False,
+    select_positives: bool = True,
+    select_negatives: bool = True,
+    refinement: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> HyConOutput:
     """hycon_loss of M >= 2 modality batches xs (a list or tuple of (K, d) tensors).
 
     SCL pulls each anchor's M - 1 other modalities of its sample to alpha, IAMCL pairs within
@@ -319,10 +372,22 @@ class HyConLoss(nn.Module):
     batch, identical on every rank. Without a process group it is the one-process loss.
     """
 
-    def __init__(self, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
-                 pair_selection=False, select_positives=True, select_negatives=True,
-                 refinement=True, reduction="mean", memory_size=0, distributed=False,
-                 backend="auto"):
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.8,
+        beta: float = 0.2,
+        gamma: float = 1.0,
+        lambdas: Sequence[float] = (1.0, 1.0, 1.0),
+        pair_selection: bool = False,
+        select_positives: bool = True,
+        select_negatives: bool = True,
+        refinement: bool = True,
+        reduction: str = "mean",
+        memory_size: int = 0,
+        distributed: bool = False,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
                       reduction=reduction)
@@ -330,15 +395,16 @@ class HyConLoss(nn.Module):
                 or memory_size < 0):
             raise ValueError(f"memory_size: expected an integer >= 0 (0: no memory), "
                              f"got {memory_size!r}")
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             alpha=alpha, beta=beta, gamma=gamma, lambdas=tuple(lambdas),
             pair_selection=pair_selection, select_positives=select_positives,
             select_negatives=select_negatives, refinement=refinement, reduction=reduction,
             backend=backend)
-        self.distributed = bool(distributed)
-        self.memory = CrossBatchMemory(int(memory_size)) if memory_size else None
+        self.distributed: bool = bool(distributed)
+        self.memory: Optional[CrossBatchMemory] = (
+            CrossBatchMemory(int(memory_size)) if memory_size else None)
 
-    def forward(self, *inputs):
+    def forward(self, *inputs: Tensor) -> HyConOutput:
         if len(inputs) < 3:
             raise TypeError(f"HyConLoss: expected (x_1, ..., x_M, labels) with M >= 2 modality "
                             f"batches, got {len(inputs)} arguments")
@@ -354,7 +420,7 @@ class HyConLoss(nn.Module):
                                scale_for_ddp=True, lambdas=lambdas, reduction=reduction,
                                options=options)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         options = {**self.options, "memory_size": self.memory.size if self.memory else 0,
                    "distributed": self.distributed}
         return ", ".join(f"{key}={value!r}" for key, value in options.items())
