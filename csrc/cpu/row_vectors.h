@@ -1,6 +1,6 @@
 // Vector versions of the engine's two per-pair loops for float rows: the relation sums of the
 // forward and dL/ds of pairs without selection in the backward. The scalar loops classify every
-// pair from three int64 compares and scatter into 8 relation buckets, ~2-3 ns a pair; here the
+// pair from three int64 compares and scatter into 8 relation buckets; here the
 // candidates come as int32 columns in runs of one modality, so within a run a pair's relation
 // is fixed by two compares (same class? same sample?) and the 4 cases are accumulated with
 // masks in 4 float lanes (GCC/Clang vector extensions: SSE2, the x86-64 baseline, or NEON).
