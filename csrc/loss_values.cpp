@@ -7,6 +7,7 @@
 // elsewhere (same formulas). On CPU it runs the engine directly rather than through the
 // pair_terms op, so that the similarity block, when it fits one chunk, is kept for the backward
 // (returned as `sim`; elsewhere and for larger batches sim is empty and the backward recomputes).
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>

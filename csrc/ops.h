@@ -2,7 +2,7 @@
 // CUDA kernels are picked as for torch.ops.hycon_ext.* in Python). Schemas: docs/design.md.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 

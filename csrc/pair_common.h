@@ -2,7 +2,7 @@
 // indices (docs/design.md), the pair classifier and the input checks of every op.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 

@@ -2,6 +2,7 @@
 // loss runs one op and one autograd node instead of a few dozen small ones. Device-generic:
 // the kernels call pair_sums / hard_pair_sums through the dispatcher, so the same code is the
 // CPU and the CUDA kernel; the reduction runs as plain loops on CPU, as at:: ops elsewhere.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>

@@ -2,7 +2,7 @@
 // directly, to keep its similarity block for the backward; docs/design.md).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace hycon_ext {
 

@@ -2,6 +2,7 @@
 // similarity's kernels: softmax and matmuls through ATen, so one device-generic implementation
 // serves CPU and CUDA. Computed in float32 for float16 / bfloat16 / float32 inputs (float64 for
 // float64), returned in the inputs' dtype.
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 

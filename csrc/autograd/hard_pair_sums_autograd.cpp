@@ -1,7 +1,7 @@
 // Autograd for hard_pair_sums at the Autograd key, so gradients also work from LibTorch C++.
 // The selection state is an output without gradient; the backward reuses it instead of
 // selecting again.
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "../ops.h"

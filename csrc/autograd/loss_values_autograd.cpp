@@ -1,7 +1,8 @@
 // Autograd for loss_values at the Autograd key: one node for the whole loss. The softmax rows,
 // terms, stats, state and kept similarities are outputs without gradient that the backward
 // reuses.
-#include <torch/autograd.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "../ops.h"

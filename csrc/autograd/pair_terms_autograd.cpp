@@ -1,7 +1,7 @@
 // Autograd for pair_terms at the Autograd key, so gradients also work from LibTorch C++.
 // stats and state are outputs without gradient; the backward turns d terms into d stats
 // with them and reuses the selection state instead of selecting again.
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "../ops.h"

@@ -1,5 +1,5 @@
 // Autograd for similarity at the Autograd key, so gradients also work from LibTorch C++.
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "../ops.h"

@@ -3,7 +3,7 @@
 // and drops the chunk (peak extra memory O((N + M) d + chunk * M)).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 
