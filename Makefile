@@ -18,16 +18,20 @@ setup: $(VENV)/.installed
 # --no-build-isolation: an isolated build would download a different (multi-GB) torch and
 # compile the kernels against it instead of the torch installed here.
 $(VENV)/.installed: setup.py pyproject.toml requirements.txt $(wildcard csrc/*.* csrc/*/*.*)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q -e . --no-build-isolation
-	touch $@
+	@test -x $(PY) || { echo "== creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@$(PY) -c "import torch" 2>/dev/null || { echo "== installing $(TORCH_SPEC) into $(VENV) (a download of" \
+		"several hundred MB, or GB for a CUDA build)"; $(PY) -m pip install -q "$(TORCH_SPEC)"; }
+	@echo "== installing requirements.txt into $(VENV)"
+	@$(PY) -m pip install -q -r requirements.txt
+	@bash scripts/build_ext.sh $(PY)
+	@touch $@
 
 demo: setup
+	@echo "== training HyCon on synthetic IEMOCAP data in the dataset's own format (8 epochs, about a minute)"
 	$(PY) train/main.py --dataset iemocap --demo
 
 test: setup
+	@echo "== running the test suite (tests, bench; about 10-15 minutes on 2 cores)"
 	OMP_NUM_THREADS=2 $(PY) -m pytest tests bench --benchmark-disable -q
 ifneq ($(CMAKE),)
 	$(MAKE) test-cmake
@@ -39,6 +43,7 @@ endif
 # CMakeLists.txt builds the same sources as a LibTorch C++ library; its ctest (csrc/test) calls
 # the ops and their autograd from C++. Built here so that it cannot rot unnoticed (~2 min).
 test-cmake: setup
+	@echo "== building the LibTorch CMake library and its C++ test in $(CMAKE_BUILD) (about 2 minutes on 2 idle cores), then ctest"
 	cmake -S . -B $(CMAKE_BUILD) $(if $(shell command -v ninja 2>/dev/null),-G Ninja) \
 		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build $(CMAKE_BUILD)
@@ -46,6 +51,7 @@ test-cmake: setup
 
 # Proves the CUDA kernels compile and link against a CUDA torch, on a machine without a GPU.
 test-cuda-build:
+	@echo "== compiling the CUDA kernels against a CUDA torch (no GPU needed; several minutes)"
 	bash scripts/check_cuda_build.sh
 
 bench: setup
