@@ -90,12 +90,13 @@ def test_a_missing_gpu_is_refused(monkeypatch, capsys, tmp_path):
 
 
 def test_a_pretrained_name_missing_from_the_cache_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no download attempt: the cache only
     data = tmp_path / "data"
     write_demo("mosi", data, "magbert", **TINY)
     code, err = run_cli(monkeypatch, capsys, ["--dataset", "mosi", "--data-dir", str(data), "--format", "magbert",
                                               "--text-encoder", "bert", "--pretrained", "no-such-model-here",
                                               "--out", str(tmp_path / "o")])
-    assert_one_line_error(code, err, "--pretrained no-such-model-here: no tokenizer found")
+    assert_one_line_error(code, err, "--text-encoder bert: cannot load the tokenizer of 'no-such-model-here'")
 
 
 @pytest.mark.parametrize("split", ["test", "valid"])
