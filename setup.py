@@ -7,6 +7,7 @@ CppExtension by default; CUDAExtension when torch has CUDA and nvcc is found, or
 HYCON_FORCE_CUDA=1 (a GPU-less build host). TORCH_CUDA_ARCH_LIST overrides the default
 sm_80 / sm_90 targets.
 """
+
 import glob
 import os
 import shutil
@@ -27,8 +28,10 @@ try:
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 except ImportError:
     if not _SOURCE_ONLY.intersection(sys.argv[1:]):
-        sys.exit("error: building hycon_ext needs torch installed first, then "
-                 "`pip install -e . --no-build-isolation` (see README.md)")
+        sys.exit(
+            "error: building hycon_ext needs torch installed first, then "
+            "`pip install -e . --no-build-isolation` (see README.md)"
+        )
     torch = None
 
 
@@ -52,20 +55,25 @@ def _build_ext_class():
             compile_sources = self.compiler.compile  # cpp_extension's ninja compile
 
             def compile_with_pch(sources, output_dir=None, extra_postargs=None, **kwargs):
-                (pch_object,) = compile_sources([PCH_HEADER], output_dir=output_dir,
-                                                extra_postargs=extra_postargs, **kwargs)
+                (pch_object,) = compile_sources(
+                    [PCH_HEADER], output_dir=output_dir, extra_postargs=extra_postargs, **kwargs
+                )
                 # GCC looks for <name>.gch beside the header named by -include
                 pch_dir = os.path.join(os.path.abspath(output_dir), "pch")
                 header = os.path.join(pch_dir, os.path.basename(PCH_HEADER))
                 os.makedirs(pch_dir, exist_ok=True)
-                for link, target in ((header, os.path.join(ROOT, PCH_HEADER)),
-                                     (header + ".gch", pch_object)):
+                for link, target in (
+                    (header, os.path.join(ROOT, PCH_HEADER)),
+                    (header + ".gch", pch_object),
+                ):
                     if os.path.lexists(link):
                         os.remove(link)
                     os.symlink(target, link)
                 post = dict(extra_postargs)
                 post["cxx"] = post["cxx"] + ["-include", header, "-Winvalid-pch"]
-                return compile_sources(sources, output_dir=output_dir, extra_postargs=post, **kwargs)
+                return compile_sources(
+                    sources, output_dir=output_dir, extra_postargs=post, **kwargs
+                )
 
             self.compiler.compile = compile_with_pch
             super().build_extension(ext)
@@ -101,9 +109,7 @@ def _gencode_flags():
 
 
 def _extension():
-    sources = (
-        _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/autograd/*.cpp")
-    )
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/autograd/*.cpp")
     # -fopenmp: at::parallel_for is inlined into our code and runs serially without it.
     # -g0: Python's build flags ask for debug info (-g), which for torch's templates costs a
     # large share of the compile time and is of no use to a user of the ops.

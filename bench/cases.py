@@ -13,7 +13,12 @@ D = 50  # feature size of the paper's setup (4.4)
 N_CLASSES = 4  # IEMOCAP's four emotions
 ALPHA, BETA, GAMMA = 0.8, 0.2, 1.0  # paper defaults; gamma is the project default
 
-DEFAULT_SIZES = (32, 128, 512, 2048)  # --benchmark-only default; 8192 is opt-in (dense reference needs GBs)
+DEFAULT_SIZES = (
+    32,
+    128,
+    512,
+    2048,
+)  # --benchmark-only default; 8192 is opt-in (dense reference needs GBs)
 SMOKE_SIZES = (16,)  # --benchmark-disable default: keeps the CI run short
 SIZES_ENV = "HYCON_BENCH_SIZES"
 
@@ -27,7 +32,9 @@ def parse_sizes(text, source=SIZES_ENV):
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"{source} must be comma-separated batch sizes K like '32,128', got {text!r}") from None
+        raise ValueError(
+            f"{source} must be comma-separated batch sizes K like '32,128', got {text!r}"
+        ) from None
     if not sizes or min(sizes) < 1:
         raise ValueError(f"{source} must list at least one batch size K >= 1, got {text!r}")
     return sizes
@@ -52,8 +59,10 @@ def ext_unavailable_reason(device):
     try:
         from hycon_ext import ops
     except Exception as exc:  # any import failure means "not built"; show it verbatim
-        return (f"hycon_ext.ops cannot be imported ({type(exc).__name__}: {exc}); "
-                "build it with `pip install -e . --no-build-isolation`")
+        return (
+            f"hycon_ext.ops cannot be imported ({type(exc).__name__}: {exc}); "
+            "build it with `pip install -e . --no-build-isolation`"
+        )
     if not ops.is_available(torch.device(device)):
         return f"hycon_ext kernels are not built for device {device!r} (hycon_ext.ops.is_available returned False)"
     return None
@@ -121,8 +130,14 @@ def make_memory_step(impl, k, q, device, pair_selection, seed=0):
     if impl not in ("ext", "reference"):
         raise ValueError(f"impl must be 'ext' or 'reference' for a memory case, got {impl!r}")
     xs, labels = loss_inputs(k, device, seed)
-    module = HyConLoss(memory_size=q, backend=impl, alpha=ALPHA, beta=BETA, gamma=GAMMA,
-                       pair_selection=pair_selection).to(device)
+    module = HyConLoss(
+        memory_size=q,
+        backend=impl,
+        alpha=ALPHA,
+        beta=BETA,
+        gamma=GAMMA,
+        pair_selection=pair_selection,
+    ).to(device)
     gen = torch.Generator().manual_seed(seed + 2)
     held = torch.softmax(torch.randn(3, q, D, generator=gen), dim=-1).to(device)
     module.memory.push(held, torch.randint(0, N_CLASSES, (q,), generator=gen).to(device))
@@ -157,7 +172,9 @@ def make_op_step(op, impl, k, device, seed=0):
         h = selection_size(BETA, k)
         w = torch.rand(3 * k, len(modes), 4, generator=gen).to(device)
         return _fwd_bwd(
-            lambda: (module.hard_pair_sums(z, z, ids, ids, modes, targets, h, GAMMA, True, True) * w).sum(),
+            lambda: (
+                module.hard_pair_sums(z, z, ids, ids, modes, targets, h, GAMMA, True, True) * w
+            ).sum(),
             [z],
         )
     raise ValueError(f"op must be one of {OP_NAMES}, got {op!r}")
@@ -168,12 +185,24 @@ def sel_name(pair_selection):
 
 
 def loss_spec(impl, k, device, pair_selection):
-    return {"kind": "loss", "impl": impl, "k": k, "device": device, "pair_selection": pair_selection}
+    return {
+        "kind": "loss",
+        "impl": impl,
+        "k": k,
+        "device": device,
+        "pair_selection": pair_selection,
+    }
 
 
 def memory_spec(impl, k, q, device, pair_selection):
-    return {"kind": "memory", "impl": impl, "k": k, "q": q, "device": device,
-            "pair_selection": pair_selection}
+    return {
+        "kind": "memory",
+        "impl": impl,
+        "k": k,
+        "q": q,
+        "device": device,
+        "pair_selection": pair_selection,
+    }
 
 
 def op_spec(op, impl, k, device):
@@ -187,6 +216,7 @@ def make_step(spec):
     if spec["kind"] == "op":
         return make_op_step(spec["op"], spec["impl"], spec["k"], spec["device"])
     if spec["kind"] == "memory":
-        return make_memory_step(spec["impl"], spec["k"], spec["q"], spec["device"],
-                                spec["pair_selection"])
+        return make_memory_step(
+            spec["impl"], spec["k"], spec["q"], spec["device"], spec["pair_selection"]
+        )
     raise ValueError(f"spec['kind'] must be 'loss', 'op' or 'memory', got {spec['kind']!r}")

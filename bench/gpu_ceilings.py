@@ -59,18 +59,23 @@ def ceilings():
     numel = 2**29  # 2 GiB of float32
     copy_rate = 2 * numel * 4 / copy_ms(numel) / 1e6  # GB/s, read + write
     n = 8192
-    gemm_rate = 2 * n**3 / matmul_ms(torch.rand(n, n, device="cuda"),
-                                     torch.rand(n, n, device="cuda")) / 1e9  # TFLOP/s
+    gemm_rate = (
+        2 * n**3 / matmul_ms(torch.rand(n, n, device="cuda"), torch.rand(n, n, device="cuda")) / 1e9
+    )  # TFLOP/s
     rows, d = 3 * 4096, 50
     z = torch.rand(rows, d, device="cuda")
     block_ms = matmul_ms(z, z.T)
-    print(f"- device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}")
+    print(
+        f"- device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}"
+    )
     print(f"- copy: {copy_rate:.0f} GB/s (read + write, 2 GiB)")
     print(f"- sgemm 8192^3: {gemm_rate:.1f} TFLOP/s")
-    print(f"- sgemm {rows}x{d} @ {d}x{rows}: {block_ms:.3f} ms, "
-          f"{2 * rows * rows * d / block_ms / 1e9:.1f} TFLOP/s, "
-          f"{rows * rows * 4 / block_ms / 1e6:.0f} GB/s written")
+    print(
+        f"- sgemm {rows}x{d} @ {d}x{rows}: {block_ms:.3f} ms, "
+        f"{2 * rows * rows * d / block_ms / 1e9:.1f} TFLOP/s, "
+        f"{rows * rows * 4 / block_ms / 1e6:.0f} GB/s written"
+    )
     return copy_rate, gemm_rate
 
 
@@ -81,8 +86,9 @@ def loss_step(k, d):
     labels = torch.randint(0, 8, (k,), device="cuda", generator=gen)
 
     def step():
-        out = torch.ops.hycon_ext.loss_values(*xs, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True,
-                                              True, False, True)
+        out = torch.ops.hycon_ext.loss_values(
+            *xs, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, False, True
+        )
         return torch.autograd.grad(out[0], xs)
 
     return step
@@ -95,6 +101,7 @@ def with_path(fused, fn):
         else:
             os.environ.pop(FUSED_ENV, None)
         return fn()
+
     return run
 
 
@@ -114,8 +121,10 @@ def graph_of(step):
 def loss_table(sizes, d, copy_rate, gemm_rate):
     import hycon_ext.ops  # noqa: F401  (loads the extension's ops)
 
-    print(f"\n| K | rows | floor ms (6 (3K)^2 d at {gemm_rate:.1f} TFLOP/s) | chunked ms | "
-          f"fused ms | fused graph ms | fused / floor | memory floor us |")
+    print(
+        f"\n| K | rows | floor ms (6 (3K)^2 d at {gemm_rate:.1f} TFLOP/s) | chunked ms | "
+        f"fused ms | fused graph ms | fused / floor | memory floor us |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in sizes:
         rows = 3 * k
@@ -136,14 +145,18 @@ def loss_table(sizes, d, copy_rate, gemm_rate):
         graph_ms = median_ms(graph.replay, repeats)
         del graph
         c_ms, f_ms = statistics.median(times["chunked"]), statistics.median(times["fused"])
-        print(f"| {k} | {rows} | {floor_ms:.3f} | {c_ms:.3f} | {f_ms:.3f} | {graph_ms:.3f} | "
-              f"{floor_ms / min(f_ms, graph_ms):.1%} | {mem_floor_us:.1f} |", flush=True)
+        print(
+            f"| {k} | {rows} | {floor_ms:.3f} | {c_ms:.3f} | {f_ms:.3f} | {graph_ms:.3f} | "
+            f"{floor_ms / min(f_ms, graph_ms):.1%} | {mem_floor_us:.1f} |",
+            flush=True,
+        )
     os.environ.pop(FUSED_ENV, None)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--loss-sizes", default="", help="comma-separated K for the loss_values timings")
     p.add_argument("--d", type=int, default=50, help="feature size of the loss_values timings")
     args = p.parse_args()

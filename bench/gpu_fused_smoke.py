@@ -30,8 +30,9 @@ CASES = [  # (K, d, dtype)
 
 def step(xs, labels, device):
     leaves = [x.detach().to(device).requires_grad_() for x in xs]
-    out = torch.ops.hycon_ext.loss_values(*leaves, labels.to(device), 0.8, [1.0, 0.5, 2.0], 1,
-                                          1.0, True, True, False, True)
+    out = torch.ops.hycon_ext.loss_values(
+        *leaves, labels.to(device), 0.8, [1.0, 0.5, 2.0], 1, 1.0, True, True, False, True
+    )
     losses = torch.stack(out[:4])
     grads = torch.autograd.grad(losses.sum(), leaves)
     return [losses.detach().cpu().double(), *(g.cpu().double() for g in grads)]

@@ -35,7 +35,9 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 _MMAP_THRESHOLD = str(128 * 1024)
 
 _LIBC_NAME = ctypes.util.find_library("c")
-_MALLOC_TRIM = getattr(ctypes.CDLL(_LIBC_NAME), "malloc_trim", None) if _LIBC_NAME else None  # glibc only
+_MALLOC_TRIM = (
+    getattr(ctypes.CDLL(_LIBC_NAME), "malloc_trim", None) if _LIBC_NAME else None
+)  # glibc only
 
 
 def _proc_status_bytes(key):
@@ -86,7 +88,10 @@ def measure_many(specs):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     child = subprocess.run(
         [sys.executable, "-m", "bench.memory", json.dumps(specs)],
-        cwd=_REPO_ROOT, env=env, capture_output=True, text=True,
+        cwd=_REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if child.returncode != 0:
         raise RuntimeError(f"memory measurement of {specs} failed:\n{child.stderr[-4000:]}")
@@ -121,4 +126,8 @@ def _measure_in_turn(specs, measure):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_measure_in_turn(json.loads(sys.argv[1]), lambda step, device: cpu_peak_bytes(step))))
+    print(
+        json.dumps(
+            _measure_in_turn(json.loads(sys.argv[1]), lambda step, device: cpu_peak_bytes(step))
+        )
+    )

@@ -105,8 +105,13 @@ def measure_row(device, k, pair_selection, args):
     # SupConLoss has no selection: the sel=on row times it without, for scale.
     steps = {i: cases.make_loss_step(i, k, device, pair_selection and i != "supcon") for i in impls}
     times, calls = time_interleaved(steps, device, args.repeats, args.warmup, args.min_seconds)
-    return {"device": device, "k": k, "sel": cases.sel_name(pair_selection), "times": times,
-            "calls": calls}
+    return {
+        "device": device,
+        "k": k,
+        "sel": cases.sel_name(pair_selection),
+        "times": times,
+        "calls": calls,
+    }
 
 
 MEMORY_IMPLS = ("ext", "reference")
@@ -117,10 +122,14 @@ def add_peaks(rows):
     for device in dict.fromkeys(r["device"] for r in rows):
         mine = [r for r in rows if r["device"] == device]
         log(f"memory: {device}, {len(mine) * len(MEMORY_IMPLS)} cases")
-        specs = [cases.loss_spec(i, r["k"], device, r["sel"] == "on") for r in mine for i in MEMORY_IMPLS]
+        specs = [
+            cases.loss_spec(i, r["k"], device, r["sel"] == "on") for r in mine for i in MEMORY_IMPLS
+        ]
         peaks, _ = memory.peak_bytes_many(specs)
         for n, r in enumerate(mine):
-            r["peaks"] = dict(zip(MEMORY_IMPLS, peaks[n * len(MEMORY_IMPLS):(n + 1) * len(MEMORY_IMPLS)]))
+            r["peaks"] = dict(
+                zip(MEMORY_IMPLS, peaks[n * len(MEMORY_IMPLS) : (n + 1) * len(MEMORY_IMPLS)])
+            )
 
 
 def _ms(seconds):
@@ -161,7 +170,9 @@ def loss_table(rows):
 
 def reference_bytes_per_cell(rows, device, sel):
     """Reference peak bytes per (3K)^2 at the largest K measured for (device, sel); None if none."""
-    measured = [r for r in rows if (r["device"], r["sel"]) == (device, sel) and r["peaks"]["reference"]]
+    measured = [
+        r for r in rows if (r["device"], r["sel"]) == (device, sel) and r["peaks"]["reference"]
+    ]
     if not measured:
         return None
     largest = max(measured, key=lambda r: r["k"])
@@ -180,11 +191,18 @@ def big_section(rows, devices):
         for pair_selection in (False, True):
             per_cell = reference_bytes_per_cell(rows, device, cases.sel_name(pair_selection))
             log(f"big: {device} K={BIG_K} sel={cases.sel_name(pair_selection)}")
-            spec = {**cases.loss_spec("ext", BIG_K, device, pair_selection), "warmup_k": BIG_WARMUP_K}
+            spec = {
+                **cases.loss_spec("ext", BIG_K, device, pair_selection),
+                "warmup_k": BIG_WARMUP_K,
+            }
             [result], _ = memory.measure_many([spec])
             peak, seconds = result["peak_bytes"], result["seconds"]
             fits = "n/a" if peak is None else ("yes" if peak <= BIG_LIMIT_BYTES else "NO")
-            need = f">= {one_matrix / 1e9:.1f}" if per_cell is None else f"~{per_cell * (3 * BIG_K) ** 2 / 1e9:.3g}"
+            need = (
+                f">= {one_matrix / 1e9:.1f}"
+                if per_cell is None
+                else f"~{per_cell * (3 * BIG_K) ** 2 / 1e9:.3g}"
+            )
             lines.append(
                 f"| {device} | {cases.sel_name(pair_selection)} | {seconds:.3g} | {_mb(peak)} | {fits} | {need} |"
             )
@@ -210,20 +228,31 @@ def memory_section(args):
         rows = []
         for pair_selection in (False, True):
             log(f"memory: {device} K={k} Q={q} sel={cases.sel_name(pair_selection)}")
-            steps = {i: cases.make_memory_step(i, k, q, device, pair_selection) for i in MEMORY_IMPLS}
-            rows.append((pair_selection, *time_interleaved(steps, device, args.repeats, args.warmup,
-                                                           args.min_seconds)))
+            steps = {
+                i: cases.make_memory_step(i, k, q, device, pair_selection) for i in MEMORY_IMPLS
+            }
+            rows.append(
+                (
+                    pair_selection,
+                    *time_interleaved(steps, device, args.repeats, args.warmup, args.min_seconds),
+                )
+            )
             del steps
         log(f"memory: {device} peaks, {2 * len(MEMORY_IMPLS)} cases")  # one child process (CPU)
-        specs = [cases.memory_spec(i, k, q, device, sel) for sel, _, _ in rows for i in MEMORY_IMPLS]
+        specs = [
+            cases.memory_spec(i, k, q, device, sel) for sel, _, _ in rows for i in MEMORY_IMPLS
+        ]
         all_peaks = memory.peak_bytes_many(specs)[0]
         for n, (pair_selection, times, calls) in enumerate(rows):
-            peaks = dict(zip(MEMORY_IMPLS, all_peaks[n * len(MEMORY_IMPLS):(n + 1) * len(MEMORY_IMPLS)]))
+            peaks = dict(
+                zip(MEMORY_IMPLS, all_peaks[n * len(MEMORY_IMPLS) : (n + 1) * len(MEMORY_IMPLS)])
+            )
             lines.append(
                 f"| {device} | {cases.sel_name(pair_selection)} | {_ms(times['ext'])} "
                 f"| {_ms(times['reference'])} | {_ratio(times['reference'], times['ext'])} "
                 f"| {_mb(peaks['ext'])} | {_mb(peaks['reference'])} "
-                f"| {_ratio(peaks['reference'], peaks['ext'])} | {calls} |")
+                f"| {_ratio(peaks['reference'], peaks['ext'])} | {calls} |"
+            )
     return lines
 
 
@@ -236,8 +265,19 @@ def epoch_section():
         for i in range(EPOCH_RUNS):
             for backend in runs:
                 log(f"epoch: backend {backend}, run {i + 1}/{EPOCH_RUNS}")
-                argv = ["--dataset", "iemocap", "--demo", "--epochs", "1", "--seed", "1",
-                        "--backend", backend, "--out", str(Path(tmp) / f"{backend}{i}")]
+                argv = [
+                    "--dataset",
+                    "iemocap",
+                    "--demo",
+                    "--epochs",
+                    "1",
+                    "--seed",
+                    "1",
+                    "--backend",
+                    backend,
+                    "--out",
+                    str(Path(tmp) / f"{backend}{i}"),
+                ]
                 with contextlib.redirect_stdout(io.StringIO()):
                     runs[backend].append(train_main(argv))
     best = {b: min(rs, key=lambda s: s["train_time_s"]) for b, rs in runs.items()}
@@ -248,30 +288,63 @@ def epoch_section():
         "|---|---:|---:|",
     ]
     for backend, summary in best.items():
-        lines.append(f"| {backend} | {summary['train_time_s']:.3g} | {summary['seeds'][0]['valid_loss']:.6f} |")
+        lines.append(
+            f"| {backend} | {summary['train_time_s']:.3g} | {summary['seeds'][0]['valid_loss']:.6f} |"
+        )
     ratio = best["reference"]["train_time_s"] / best["ext"]["train_time_s"]
-    lines += ["", f"reference/ext: {ratio:.2f}x (the faster of {EPOCH_RUNS} interleaved runs each)."]
+    lines += [
+        "",
+        f"reference/ext: {ratio:.2f}x (the faster of {EPOCH_RUNS} interleaved runs each).",
+    ]
     return lines
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default=",".join(map(str, cases.DEFAULT_SIZES)),
-                   type=lambda text: cases.parse_sizes(text, source="--sizes"),
-                   help="comma-separated batch sizes K")
+    p.add_argument(
+        "--sizes",
+        default=",".join(map(str, cases.DEFAULT_SIZES)),
+        type=lambda text: cases.parse_sizes(text, source="--sizes"),
+        help="comma-separated batch sizes K",
+    )
     p.add_argument("--repeats", type=int, default=10, help="timed calls per implementation and row")
-    p.add_argument("--min-seconds", type=float, default=1.0,
-                   help="keep adding interleaved rounds to a row until it has been timed this long")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (torch.compile compiles here)")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="keep adding interleaved rounds to a row until it has been timed this long",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed calls first (torch.compile compiles here)"
+    )
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    p.add_argument("--devices", default=",".join(cases.devices()), help="comma-separated: cpu, cuda")
-    p.add_argument("--epoch", action="store_true", help="add one training epoch of the IEMOCAP demo, ext vs reference")
-    p.add_argument("--big", action="store_true", help=f"add K = {BIG_K}, ext only: peak memory within 1 GB")
-    p.add_argument("--memory", type=int, default=0, metavar="Q",
-                   help="add HyConLoss(memory_size=Q) with a full memory at K = --memory-k, ext vs reference")
-    p.add_argument("--memory-k", type=int, default=256, metavar="K", help="batch size of the --memory rows")
-    p.add_argument("--memory-only", action="store_true", help="with --memory: skip the loss rows of --sizes")
-    p.add_argument("--markdown-out", type=Path, default=None, help="also write the Markdown to this file")
+    p.add_argument(
+        "--devices", default=",".join(cases.devices()), help="comma-separated: cpu, cuda"
+    )
+    p.add_argument(
+        "--epoch",
+        action="store_true",
+        help="add one training epoch of the IEMOCAP demo, ext vs reference",
+    )
+    p.add_argument(
+        "--big", action="store_true", help=f"add K = {BIG_K}, ext only: peak memory within 1 GB"
+    )
+    p.add_argument(
+        "--memory",
+        type=int,
+        default=0,
+        metavar="Q",
+        help="add HyConLoss(memory_size=Q) with a full memory at K = --memory-k, ext vs reference",
+    )
+    p.add_argument(
+        "--memory-k", type=int, default=256, metavar="K", help="batch size of the --memory rows"
+    )
+    p.add_argument(
+        "--memory-only", action="store_true", help="with --memory: skip the loss rows of --sizes"
+    )
+    p.add_argument(
+        "--markdown-out", type=Path, default=None, help="also write the Markdown to this file"
+    )
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")

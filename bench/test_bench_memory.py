@@ -27,9 +27,13 @@ CASES = [("ext", SMALL_K), ("ext", LARGE_K), ("reference", REFERENCE_K)]
 def measured(device):
     """{(impl, K, pair_selection): peak bytes} of every case here, from one child process."""
     keys = [(impl, k, selection) for selection in (False, True) for impl, k in CASES]
-    nbytes, method = memory.peak_bytes_many([cases.loss_spec(impl, k, device, sel) for impl, k, sel in keys])
+    nbytes, method = memory.peak_bytes_many(
+        [cases.loss_spec(impl, k, device, sel) for impl, k, sel in keys]
+    )
     if None in nbytes:
-        pytest.skip(f"peak memory cannot be measured here: {method} needs Linux's /proc/self/clear_refs")
+        pytest.skip(
+            f"peak memory cannot be measured here: {method} needs Linux's /proc/self/clear_refs"
+        )
     return dict(zip(keys, nbytes))
 
 
@@ -46,7 +50,9 @@ def test_ext_memory_is_linear_in_k(require_ext, device, pair_selection):
 @SELECTION
 def test_ext_memory_far_below_reference(require_ext, device, pair_selection):
     require_ext(device)
-    ext, ref = (measured(device)[(impl, REFERENCE_K, pair_selection)] for impl in ("ext", "reference"))
+    ext, ref = (
+        measured(device)[(impl, REFERENCE_K, pair_selection)] for impl in ("ext", "reference")
+    )
     assert REFERENCE_FACTOR * ext <= ref, (
         f"K={REFERENCE_K}: ext peak {ext / 1e6:.2f} MB is more than 1/{REFERENCE_FACTOR} "
         f"of the reference's {ref / 1e6:.2f} MB"

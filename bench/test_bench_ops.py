@@ -11,4 +11,10 @@ def test_op(run_benchmark, require_ext, device, k, op, impl):
     if impl == "ext":
         require_ext(device)
     step = cases.make_op_step(op, impl, k, device)
-    run_benchmark(step, cases.op_spec(op, impl, k, device), group=f"{device} K={k} op={op}", impl=impl, rows=3 * k)
+    run_benchmark(
+        step,
+        cases.op_spec(op, impl, k, device),
+        group=f"{device} K={k} op={op}",
+        impl=impl,
+        rows=3 * k,
+    )

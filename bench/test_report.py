@@ -26,8 +26,21 @@ def test_rounds_grow_until_min_seconds_then_stop_at_the_cap(monkeypatch):
 
 def test_report_prints_one_row_per_selection(tmp_path, capsys):
     out = tmp_path / "perf.md"
-    report.main(["--sizes", "4", "--repeats", "1", "--min-seconds", "0", "--no-compile",
-                 "--devices", "cpu", "--markdown-out", str(out)])
+    report.main(
+        [
+            "--sizes",
+            "4",
+            "--repeats",
+            "1",
+            "--min-seconds",
+            "0",
+            "--no-compile",
+            "--devices",
+            "cpu",
+            "--markdown-out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert out.read_text() == text
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| cpu |")]
@@ -40,8 +53,21 @@ def test_report_prints_one_row_per_selection(tmp_path, capsys):
 
 
 def test_memory_rows_time_ext_and_reference(capsys):
-    report.main(["--memory", "8", "--memory-k", "4", "--memory-only", "--repeats", "1",
-                 "--min-seconds", "0", "--devices", "cpu"])
+    report.main(
+        [
+            "--memory",
+            "8",
+            "--memory-k",
+            "4",
+            "--memory-only",
+            "--repeats",
+            "1",
+            "--min-seconds",
+            "0",
+            "--devices",
+            "cpu",
+        ]
+    )
     text = capsys.readouterr().out
     assert "K = 4, Q = 8" in text and "| ext ms |" not in text.split("Cross-batch")[0]
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| cpu |")]
@@ -49,4 +75,3 @@ def test_memory_rows_time_ext_and_reference(capsys):
     for cells in rows:
         assert float(cells[2]) > 0 and float(cells[3]) > 0  # ext and reference ms
         assert cells[4].strip().endswith("x") and int(cells[-1]) == 1
-

@@ -49,8 +49,12 @@ HYCON_HOST_DEVICE inline int64_t lane_row(int64_t first, int lane, int i) {
 
 // ---- rows of loss_values: row r = modality * K + sample, class = labels[sample] ----
 
-HYCON_HOST_DEVICE inline int64_t row_modality(int64_t r, int64_t k) { return r / k; }
-HYCON_HOST_DEVICE inline int64_t row_sample(int64_t r, int64_t k) { return r - (r / k) * k; }
+HYCON_HOST_DEVICE inline int64_t row_modality(int64_t r, int64_t k) {
+  return r / k;
+}
+HYCON_HOST_DEVICE inline int64_t row_sample(int64_t r, int64_t k) {
+  return r - (r / k) * k;
+}
 
 // Relation of an (anchor, candidate) pair. Every pair of loss_values' rows belongs to exactly
 // one, since equal samples have equal classes there: the modes of docs/design.md read
@@ -58,8 +62,7 @@ HYCON_HOST_DEVICE inline int64_t row_sample(int64_t r, int64_t k) { return r - (
 enum Relation : int { kSelf = 0, kIntraPos, kIntraNeg, kInterPos, kInterNeg, kSamePos };
 constexpr int kRelations = 6;
 
-HYCON_HOST_DEVICE inline int pair_relation(bool same_modality, bool same_sample,
-                                           bool same_class) {
+HYCON_HOST_DEVICE inline int pair_relation(bool same_modality, bool same_sample, bool same_class) {
   if (same_modality) return same_sample ? kSelf : (same_class ? kIntraPos : kIntraNeg);
   if (same_sample) return kSamePos;
   return same_class ? kInterPos : kInterNeg;
@@ -70,9 +73,14 @@ HYCON_HOST_DEVICE inline int pair_relation(bool same_modality, bool same_sample,
 // Sums per anchor: the pair similarities of each relation and the refinement squares of the
 // positives, (s - 1)^2 for INTRA and (s - alpha)^2 for INTER and SAME_SAMPLE.
 enum SumIndex : int {
-  kSumIntraPos = 0, kSumIntraNeg, kSumIntraRefine,
-  kSumInterPos, kSumInterNeg, kSumInterRefine,
-  kSumSamePos, kSumSameRefine
+  kSumIntraPos = 0,
+  kSumIntraNeg,
+  kSumIntraRefine,
+  kSumInterPos,
+  kSumInterNeg,
+  kSumInterRefine,
+  kSumSamePos,
+  kSumSameRefine
 };
 constexpr int kSums = 8;
 constexpr int kCounts = 3;  // positives of INTRA, INTER, SAME_SAMPLE
@@ -148,8 +156,8 @@ HYCON_HOST_DEVICE inline double anchor_term(const T* st, int mode, bool refineme
 
 // (total, scl, iamcl, iemcl) from terms (2 x 3: sums, counts), as loss_values rounds them.
 template <typename T>
-HYCON_HOST_DEVICE inline void losses_from_terms(const T* terms, const LossWeights& w,
-                                                T* total, T* scl, T* iamcl, T* iemcl) {
+HYCON_HOST_DEVICE inline void losses_from_terms(const T* terms, const LossWeights& w, T* total,
+                                                T* scl, T* iamcl, T* iemcl) {
   double mean[3], sum = 0;
   for (int k = 0; k < 3; ++k) {
     const double n = terms[3 + k];
@@ -170,17 +178,22 @@ HYCON_HOST_DEVICE inline T grad_term(const T* grad_losses, const T* terms, const
                                      int k) {
   const int own = k == 0 ? 2 : (k == 1 ? 3 : 1);  // where term k's own loss sits
   const double n = terms[3 + k];
-  return static_cast<T>((w.lambda[k] * static_cast<double>(grad_losses[0]) +
-                         static_cast<double>(grad_losses[own])) /
-                        (n > 1.0 ? n : 1.0));
+  return static_cast<T>(
+      (w.lambda[k] * static_cast<double>(grad_losses[0]) + static_cast<double>(grad_losses[own])) /
+      (n > 1.0 ? n : 1.0));
 }
 
 // Per anchor: dL/dS of a pair of relation rel is lin[rel] + slope[rel] s (slope only for
 // positives). Layout of the kCoefs values of one anchor row:
 enum CoefIndex : int {
-  kLinIntraPos = 0, kSlopeIntraPos, kLinIntraNeg,
-  kLinInterPos, kSlopeInterPos, kLinInterNeg,
-  kLinSamePos, kSlopeSamePos
+  kLinIntraPos = 0,
+  kSlopeIntraPos,
+  kLinIntraNeg,
+  kLinInterPos,
+  kSlopeInterPos,
+  kLinInterNeg,
+  kLinSamePos,
+  kSlopeSamePos
 };
 constexpr int kCoefs = 8;
 

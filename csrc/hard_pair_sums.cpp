@@ -5,10 +5,11 @@
 
 namespace hycon_ext {
 
-std::tuple<at::Tensor, at::Tensor> hard_pair_sums(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-    double gamma, bool select_pos, bool select_neg) {
+std::tuple<at::Tensor, at::Tensor> hard_pair_sums(const at::Tensor& za, const at::Tensor& zc,
+                                                  const at::Tensor& a_ids, const at::Tensor& c_ids,
+                                                  at::IntArrayRef modes,
+                                                  at::ArrayRef<double> targets, int64_t h,
+                                                  double gamma, bool select_pos, bool select_neg) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::hard_pair_sums", "")
                        .typed<decltype(hard_pair_sums)>();
@@ -23,8 +24,8 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward(
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::hard_pair_sums_backward", "")
                        .typed<decltype(hard_pair_sums_backward)>();
-  return op.call(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos,
-                 select_neg, state);
+  return op.call(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
+                 state);
 }
 
 TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {

@@ -25,27 +25,27 @@
 
 namespace hycon_ext {
 
-LossValuesOutputs
-loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
-           const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas, int64_t h,
-           double gamma, bool select_pos, bool select_neg, bool selection, bool refinement) {
+LossValuesOutputs loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
+                              const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
+                              int64_t h, double gamma, bool select_pos, bool select_neg,
+                              bool selection, bool refinement) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::loss_values", "")
                        .typed<decltype(loss_values)>();
-  return op.call(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
-                 selection, refinement);
+  return op.call(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection,
+                 refinement);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
+    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
+    const at::Tensor& sim, at::ScalarType dtype) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::loss_values_backward", "")
                        .typed<decltype(loss_values_backward)>();
-  return op.call(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg,
-                 selection, refinement, terms, stats, state, sim, dtype);
+  return op.call(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg, selection,
+                 refinement, terms, stats, state, sim, dtype);
 }
 
 namespace {
@@ -57,7 +57,9 @@ constexpr int64_t kTerms = static_cast<int64_t>(kModes.size());
 // Outputs (total, scl, iamcl, iemcl): where each mode's own loss sits among them.
 constexpr std::array<int64_t, 3> kOwnOutput = {2, 3, 1};
 
-std::array<double, 3> mode_targets(double alpha) { return {1.0, alpha, alpha}; }
+std::array<double, 3> mode_targets(double alpha) {
+  return {1.0, alpha, alpha};
+}
 
 }  // namespace
 
@@ -72,9 +74,8 @@ void check_loss_inputs(const at::Tensor& x_l, const at::Tensor& x_a, const at::T
   }
   TORCH_CHECK(x_l.size(0) >= 1 && x_l.size(1) >= 1,
               "x_l must have at least one sample and one feature, got ", x_l.sizes());
-  TORCH_CHECK(
-      !at::isFloatingType(labels.scalar_type()) && !at::isComplexType(labels.scalar_type()),
-      "labels must hold integer class ids, got ", labels.scalar_type());
+  TORCH_CHECK(!at::isFloatingType(labels.scalar_type()) && !at::isComplexType(labels.scalar_type()),
+              "labels must hold integer class ids, got ", labels.scalar_type());
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == x_l.size(0), "labels must have shape (",
               x_l.size(0), ",), got ", labels.sizes());
   TORCH_CHECK(labels.device() == x_l.device(), "labels must be on the device of x_l (",
@@ -110,8 +111,7 @@ at::Tensor row_descriptors(const at::Tensor& labels) {
 }
 
 // (total, scl, iamcl, iemcl) from terms (2, 3): term k = sums[k] / max(counts[k], 1).
-std::array<at::Tensor, 4> losses_from_terms(const at::Tensor& terms,
-                                            at::ArrayRef<double> lambdas) {
+std::array<at::Tensor, 4> losses_from_terms(const at::Tensor& terms, at::ArrayRef<double> lambdas) {
   if (terms.is_cpu()) {
     std::array<double, 3> mean{};
     double total = 0;
@@ -148,9 +148,9 @@ at::Tensor grad_terms_from_losses(const at::Tensor& grad_losses, const at::Tenso
     });
     return grad;
   }
-  const at::Tensor own = g.index_select(
-      0, at::tensor(std::vector<int64_t>(kOwnOutput.begin(), kOwnOutput.end()),
-                    g.options().dtype(at::kLong)));
+  const at::Tensor own =
+      g.index_select(0, at::tensor(std::vector<int64_t>(kOwnOutput.begin(), kOwnOutput.end()),
+                                   g.options().dtype(at::kLong)));
   const at::Tensor sums =
       own.add(g[0] * at::tensor(lambdas.vec(), terms.options())).div_(terms[1].clamp_min(1));
   return at::stack({sums, at::zeros_like(sums)});
@@ -197,16 +197,15 @@ std::array<at::Tensor, kModalities> softmax_backward_cpu(const at::Tensor& grad_
 
 }  // namespace
 
-LossValuesOutputs
-loss_values_generic(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
-                    const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
-                    int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
-                    bool refinement) {
+LossValuesOutputs loss_values_generic(const at::Tensor& x_l, const at::Tensor& x_a,
+                                      const at::Tensor& x_v, const at::Tensor& labels, double alpha,
+                                      at::ArrayRef<double> lambdas, int64_t h, double gamma,
+                                      bool select_pos, bool select_neg, bool selection,
+                                      bool refinement) {
   check_loss_inputs(x_l, x_a, x_v, labels, lambdas);
   if (selection) check_selection_args(h, gamma);
   at::AutoDispatchBelowADInplaceOrView guard;
-  const at::Tensor z =
-      at::softmax(at::cat({x_l, x_a, x_v}), 1, compute_dtype(x_l.scalar_type()));
+  const at::Tensor z = at::softmax(at::cat({x_l, x_a, x_v}), 1, compute_dtype(x_l.scalar_type()));
   const at::Tensor ids = row_descriptors(labels);
   at::Tensor terms, stats, state, sim;
   if (z.is_cpu()) {
@@ -215,9 +214,9 @@ loss_values_generic(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tens
         cpu::pair_stats_forward(z, z, ids, ids, kModes, mode_targets(alpha), sel, &sim);
     terms = terms_from_stats_cpu(stats, kModes, refinement);
   } else {
-    std::tie(terms, stats, state) = pair_terms(z, z, ids, ids, kModes, mode_targets(alpha), h,
-                                               gamma, select_pos, select_neg, selection,
-                                               refinement);
+    std::tie(terms, stats, state) =
+        pair_terms(z, z, ids, ids, kModes, mode_targets(alpha), h, gamma, select_pos, select_neg,
+                   selection, refinement);
   }
   if (!state.defined()) state = stats.new_empty({0});
   if (!sim.defined()) sim = z.new_empty({0});
@@ -229,11 +228,11 @@ void check_loss_backward_args(const at::Tensor& grad_losses, const at::Tensor& l
                               const at::Tensor& z, at::ArrayRef<double> lambdas,
                               const at::Tensor& terms, const at::Tensor& sim,
                               at::ScalarType dtype) {
-  TORCH_CHECK(z.dim() == 2 && z.size(0) % kModalities == 0,
-              "z must have shape (3K, d), got ", z.sizes());
+  TORCH_CHECK(z.dim() == 2 && z.size(0) % kModalities == 0, "z must have shape (3K, d), got ",
+              z.sizes());
   const int64_t k = z.size(0) / kModalities;
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == k, "labels must have shape (", k,
-              ",), got ", labels.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == k, "labels must have shape (", k, ",), got ",
+              labels.sizes());
   TORCH_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == 4,
               "grad_losses must have shape (4,) [total, scl, iamcl, iemcl], got ",
               grad_losses.sizes());
@@ -246,10 +245,9 @@ void check_loss_backward_args(const at::Tensor& grad_losses, const at::Tensor& l
               "terms must have shape (2, 3), got ", terms.sizes());
   TORCH_CHECK(lambdas.size() == 3, "lambdas must hold three weights, got ", lambdas.size());
   TORCH_CHECK(at::isFloatingType(dtype), "dtype must be a floating dtype, got ", dtype);
-  TORCH_CHECK(sim.numel() == 0 || (sim.dim() == 2 && sim.size(0) == z.size(0) &&
-                                   sim.size(1) == z.size(0)),
-              "sim must be empty or have shape (", z.size(0), ", ", z.size(0), "), got ",
-              sim.sizes());
+  TORCH_CHECK(
+      sim.numel() == 0 || (sim.dim() == 2 && sim.size(0) == z.size(0) && sim.size(1) == z.size(0)),
+      "sim must be empty or have shape (", z.size(0), ", ", z.size(0), "), got ", sim.sizes());
   TORCH_CHECK(sim.scalar_type() == z.scalar_type() && sim.device() == z.device(),
               "sim must have the dtype and device of z (", z.scalar_type(), ", ", z.device(),
               "), got ", sim.scalar_type(), " on ", sim.device());
@@ -257,9 +255,9 @@ void check_loss_backward_args(const at::Tensor& grad_losses, const at::Tensor& l
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
+    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
+    const at::Tensor& sim, at::ScalarType dtype) {
   check_loss_backward_args(grad_losses, labels, z, lambdas, terms, sim, dtype);
   const int64_t k = z.size(0) / kModalities;
   at::AutoDispatchBelowADInplaceOrView guard;
@@ -275,8 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
       check_selection_state(state, z, kTerms);
     }
     const cpu::Selection sel{selection, 0, gamma, select_pos, select_neg};
-    const at::Tensor grad_stats =
-        grad_stats_from_terms_cpu(grad_terms, stats, kModes, refinement);
+    const at::Tensor grad_stats = grad_stats_from_terms_cpu(grad_terms, stats, kModes, refinement);
     const at::Tensor grad_z =
         cpu::pair_stats_backward_same_rows(grad_stats, z, ids, kModes, mode_targets(alpha), sel,
                                            state, sim.numel() > 0 ? sim : at::Tensor());

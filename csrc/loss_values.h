@@ -14,19 +14,18 @@ void check_loss_inputs(const at::Tensor& x_l, const at::Tensor& x_a, const at::T
 
 void check_loss_backward_args(const at::Tensor& grad_losses, const at::Tensor& labels,
                               const at::Tensor& z, at::ArrayRef<double> lambdas,
-                              const at::Tensor& terms, const at::Tensor& sim,
-                              at::ScalarType dtype);
+                              const at::Tensor& terms, const at::Tensor& sim, at::ScalarType dtype);
 
 LossValuesOutputs loss_values_generic(const at::Tensor& x_l, const at::Tensor& x_a,
-                                      const at::Tensor& x_v, const at::Tensor& labels,
-                                      double alpha, at::ArrayRef<double> lambdas, int64_t h,
-                                      double gamma, bool select_pos, bool select_neg,
-                                      bool selection, bool refinement);
+                                      const at::Tensor& x_v, const at::Tensor& labels, double alpha,
+                                      at::ArrayRef<double> lambdas, int64_t h, double gamma,
+                                      bool select_pos, bool select_neg, bool selection,
+                                      bool refinement);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype);
+    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
+    const at::Tensor& sim, at::ScalarType dtype);
 
 }  // namespace hycon_ext

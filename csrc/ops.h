@@ -10,23 +10,25 @@ namespace hycon_ext {
 
 // softmax(x) softmax(y)^T, (N, M).
 at::Tensor similarity(const at::Tensor& x, const at::Tensor& y);
-std::tuple<at::Tensor, at::Tensor> similarity_backward(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y);
+std::tuple<at::Tensor, at::Tensor> similarity_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                       const at::Tensor& y);
 
 // Per-anchor stats (N, n_modes, 4): [pos_sum, neg_sum, pos_count, refine_sum].
-at::Tensor pair_sums(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets);
-std::tuple<at::Tensor, at::Tensor> pair_sums_backward(
-    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
-    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets);
+at::Tensor pair_sums(const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+                     const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets);
+std::tuple<at::Tensor, at::Tensor> pair_sums_backward(const at::Tensor& grad_stats,
+                                                      const at::Tensor& za, const at::Tensor& zc,
+                                                      const at::Tensor& a_ids,
+                                                      const at::Tensor& c_ids,
+                                                      at::IntArrayRef modes,
+                                                      at::ArrayRef<double> targets);
 
 // Top-h hard-pair selection (HyCon-v2): returns (stats, state), state (N, n_modes, 7).
-std::tuple<at::Tensor, at::Tensor> hard_pair_sums(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-    double gamma, bool select_pos, bool select_neg);
+std::tuple<at::Tensor, at::Tensor> hard_pair_sums(const at::Tensor& za, const at::Tensor& zc,
+                                                  const at::Tensor& a_ids, const at::Tensor& c_ids,
+                                                  at::IntArrayRef modes,
+                                                  at::ArrayRef<double> targets, int64_t h,
+                                                  double gamma, bool select_pos, bool select_neg);
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
@@ -38,14 +40,14 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward(
 // hard_pair_sums state when selection, else empty. h, gamma, select_pos and select_neg only
 // matter with selection.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-    double gamma, bool select_pos, bool select_neg, bool selection, bool refinement);
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
+    bool select_neg, bool selection, bool refinement);
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& stats, const at::Tensor& state);
+    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& stats, const at::Tensor& state);
 
 // The whole loss of hycon_ext.hycon_loss from the three (K, d) modality batches: returns
 // (total, scl, iamcl, iemcl, z, terms, stats, state, sim); the first four are 0-dim losses, the
@@ -54,17 +56,16 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
 // Modes are (INTRA, INTER, SAME_SAMPLE) with targets (1, alpha, alpha).
 using LossValuesOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                      at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-LossValuesOutputs loss_values(const at::Tensor& x_l, const at::Tensor& x_a,
-                              const at::Tensor& x_v, const at::Tensor& labels, double alpha,
-                              at::ArrayRef<double> lambdas, int64_t h, double gamma,
-                              bool select_pos, bool select_neg, bool selection,
-                              bool refinement);
+LossValuesOutputs loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
+                              const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
+                              int64_t h, double gamma, bool select_pos, bool select_neg,
+                              bool selection, bool refinement);
 // grad_losses (4,): gradients of (total, scl, iamcl, iemcl); returns the gradients of
 // (x_l, x_a, x_v) in `dtype`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype);
+    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
+    const at::Tensor& sim, at::ScalarType dtype);
 
 }  // namespace hycon_ext

@@ -52,10 +52,9 @@ constexpr int kNegative = 2;
 
 // Pair classification of docs/design.md ("Pair modes"). An anchor and a candidate with equal
 // (modality, sample) are the same row and are ignored by every mode.
-HYCON_HOST_DEVICE inline int classify_pair(
-    int64_t mode,
-    int64_t a_class, int64_t a_modality, int64_t a_sample,
-    int64_t c_class, int64_t c_modality, int64_t c_sample) {
+HYCON_HOST_DEVICE inline int classify_pair(int64_t mode, int64_t a_class, int64_t a_modality,
+                                           int64_t a_sample, int64_t c_class, int64_t c_modality,
+                                           int64_t c_sample) {
   const bool same_modality = a_modality == c_modality;
   const bool same_sample = a_sample == c_sample;
   const bool same_class = a_class == c_class;
@@ -87,12 +86,12 @@ inline at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
 
 inline void check_embeddings(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2, name, " must be a 2-D tensor (rows, d), got ", t.dim(), "-D");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name,
-              " must be a floating tensor, got ", t.scalar_type());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ",
+              t.scalar_type());
 }
 
-inline void check_same_kind(const at::Tensor& a, const char* a_name,
-                            const at::Tensor& b, const char* b_name) {
+inline void check_same_kind(const at::Tensor& a, const char* a_name, const at::Tensor& b,
+                            const char* b_name) {
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), a_name, " and ", b_name,
               " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
   TORCH_CHECK(a.device() == b.device(), a_name, " and ", b_name,
@@ -103,8 +102,8 @@ inline void check_similarity_inputs(const at::Tensor& x, const at::Tensor& y) {
   check_embeddings(x, "x");
   check_embeddings(y, "y");
   check_same_kind(x, "x", y, "y");
-  TORCH_CHECK(x.size(1) == y.size(1), "x and y must have the same feature size, got ",
-              x.size(1), " and ", y.size(1));
+  TORCH_CHECK(x.size(1) == y.size(1), "x and y must have the same feature size, got ", x.size(1),
+              " and ", y.size(1));
 }
 
 inline void check_descriptors(const at::Tensor& ids, const char* name, int64_t rows,
@@ -113,15 +112,15 @@ inline void check_descriptors(const at::Tensor& ids, const char* name, int64_t r
               ids.scalar_type());
   TORCH_CHECK(ids.dim() == 2 && ids.size(1) == kDescCols, name,
               " must have shape (rows, 3) [class, modality, sample], got ", ids.sizes());
-  TORCH_CHECK(ids.size(0) == rows, name, " must have one row per row of ", rows_name,
-              " (", rows, "), got ", ids.size(0));
-  TORCH_CHECK(ids.device() == like.device(), name, " must be on the device of ", rows_name,
-              " (", like.device(), "), got ", ids.device());
+  TORCH_CHECK(ids.size(0) == rows, name, " must have one row per row of ", rows_name, " (", rows,
+              "), got ", ids.size(0));
+  TORCH_CHECK(ids.device() == like.device(), name, " must be on the device of ", rows_name, " (",
+              like.device(), "), got ", ids.device());
 }
 
-inline void check_pair_inputs(const at::Tensor& za, const at::Tensor& zc,
-                              const at::Tensor& a_ids, const at::Tensor& c_ids,
-                              at::IntArrayRef modes, at::ArrayRef<double> targets) {
+inline void check_pair_inputs(const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+                              const at::Tensor& c_ids, at::IntArrayRef modes,
+                              at::ArrayRef<double> targets) {
   check_embeddings(za, "za");
   check_embeddings(zc, "zc");
   check_same_kind(za, "za", zc, "zc");
@@ -133,8 +132,8 @@ inline void check_pair_inputs(const at::Tensor& za, const at::Tensor& zc,
     TORCH_CHECK(mode == INTRA || mode == INTER || mode == SAME_SAMPLE,
                 "modes must hold INTRA=0, INTER=1 or SAME_SAMPLE=2, got ", mode);
   }
-  TORCH_CHECK(targets.size() == modes.size(),
-              "targets must have one entry per mode (", modes.size(), "), got ", targets.size());
+  TORCH_CHECK(targets.size() == modes.size(), "targets must have one entry per mode (",
+              modes.size(), "), got ", targets.size());
 }
 
 inline void check_selection_args(int64_t h, double gamma) {
@@ -145,8 +144,7 @@ inline void check_selection_args(int64_t h, double gamma) {
 // grad_stats / state: (N, n_modes, cols) in the compute dtype, on the inputs' device.
 inline void check_row_table(const at::Tensor& t, const char* name, const at::Tensor& za,
                             int64_t n_modes, int64_t cols) {
-  TORCH_CHECK(t.dim() == 3 && t.size(0) == za.size(0) && t.size(1) == n_modes &&
-                  t.size(2) == cols,
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == za.size(0) && t.size(1) == n_modes && t.size(2) == cols,
               name, " must have shape (", za.size(0), ", ", n_modes, ", ", cols, "), got ",
               t.sizes());
   TORCH_CHECK(t.device() == za.device(), name, " must be on the device of za (", za.device(),
@@ -156,8 +154,7 @@ inline void check_row_table(const at::Tensor& t, const char* name, const at::Ten
 }
 
 // A forward's selection state (docs/design.md), as its backward takes it back.
-inline void check_selection_state(const at::Tensor& state, const at::Tensor& za,
-                                  int64_t n_modes) {
+inline void check_selection_state(const at::Tensor& state, const at::Tensor& za, int64_t n_modes) {
   check_row_table(state, "state", za, n_modes, kStateCols);
   const auto dtype = compute_dtype(za.scalar_type());
   TORCH_CHECK(state.scalar_type() == dtype, "state must have dtype ", dtype,
@@ -173,10 +170,11 @@ inline void check_pair_sums_backward_args(const at::Tensor& grad_stats, const at
   check_row_table(grad_stats, "grad_stats", za, static_cast<int64_t>(modes.size()), kStatCols);
 }
 
-inline void check_hard_pair_sums_backward_args(
-    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
-    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, const at::Tensor& state) {
+inline void check_hard_pair_sums_backward_args(const at::Tensor& grad_stats, const at::Tensor& za,
+                                               const at::Tensor& zc, const at::Tensor& a_ids,
+                                               const at::Tensor& c_ids, at::IntArrayRef modes,
+                                               at::ArrayRef<double> targets, double gamma,
+                                               const at::Tensor& state) {
   check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
   check_selection_args(/*h=*/1, gamma);
   check_selection_state(state, za, static_cast<int64_t>(modes.size()));

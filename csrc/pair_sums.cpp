@@ -5,19 +5,20 @@
 
 namespace hycon_ext {
 
-at::Tensor pair_sums(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets) {
+at::Tensor pair_sums(const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+                     const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_sums", "")
                        .typed<decltype(pair_sums)>();
   return op.call(za, zc, a_ids, c_ids, modes, targets);
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_sums_backward(
-    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
-    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets) {
+std::tuple<at::Tensor, at::Tensor> pair_sums_backward(const at::Tensor& grad_stats,
+                                                      const at::Tensor& za, const at::Tensor& zc,
+                                                      const at::Tensor& a_ids,
+                                                      const at::Tensor& c_ids,
+                                                      at::IntArrayRef modes,
+                                                      at::ArrayRef<double> targets) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_sums_backward", "")
                        .typed<decltype(pair_sums_backward)>();

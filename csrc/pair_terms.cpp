@@ -17,26 +17,26 @@
 namespace hycon_ext {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-    double gamma, bool select_pos, bool select_neg, bool selection, bool refinement) {
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
+    bool select_neg, bool selection, bool refinement) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_terms", "")
                        .typed<decltype(pair_terms)>();
-  return op.call(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg,
-                 selection, refinement);
+  return op.call(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg, selection,
+                 refinement);
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& stats, const at::Tensor& state) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_terms_backward", "")
                        .typed<decltype(pair_terms_backward)>();
-  return op.call(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos,
-                 select_neg, selection, refinement, stats, state);
+  return op.call(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
+                 selection, refinement, stats, state);
 }
 
 namespace {
@@ -152,22 +152,22 @@ at::Tensor grad_stats_generic(const at::Tensor& grad_terms, const at::Tensor& st
 }
 
 void check_terms_args(const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-                      const at::Tensor& c_ids, at::IntArrayRef modes,
-                      at::ArrayRef<double> targets, int64_t h, double gamma, bool selection) {
+                      const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
+                      int64_t h, double gamma, bool selection) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
   if (selection) check_selection_args(h, gamma);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_kernel(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-    double gamma, bool select_pos, bool select_neg, bool selection, bool refinement) {
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
+    bool select_neg, bool selection, bool refinement) {
   check_terms_args(za, zc, a_ids, c_ids, modes, targets, h, gamma, selection);
   at::AutoDispatchBelowADInplaceOrView guard;
   at::Tensor stats, state;
   if (selection) {
-    std::tie(stats, state) = hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma,
-                                            select_pos, select_neg);
+    std::tie(stats, state) =
+        hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg);
   } else {
     stats = pair_sums(za, zc, a_ids, c_ids, modes, targets);
     state = stats.new_empty({0});
@@ -180,13 +180,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_kernel(
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward_kernel(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& stats, const at::Tensor& state) {
   check_terms_args(za, zc, a_ids, c_ids, modes, targets, /*h=*/1, gamma, selection);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
   check_row_table(stats, "stats", za, n_modes, kStatCols);
-  TORCH_CHECK(grad_terms.dim() == 2 && grad_terms.size(0) == 2 &&
-                  grad_terms.size(1) == n_modes,
+  TORCH_CHECK(grad_terms.dim() == 2 && grad_terms.size(0) == 2 && grad_terms.size(1) == n_modes,
               "grad_terms must have shape (2, ", n_modes, "), got ", grad_terms.sizes());
   TORCH_CHECK(grad_terms.device() == za.device(), "grad_terms must be on the device of za (",
               za.device(), "), got ", grad_terms.device());
@@ -206,8 +205,7 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward_kernel(
 
 }  // namespace
 
-at::Tensor terms_from_stats_cpu(const at::Tensor& stats, at::IntArrayRef modes,
-                                bool refinement) {
+at::Tensor terms_from_stats_cpu(const at::Tensor& stats, at::IntArrayRef modes, bool refinement) {
   return terms_cpu(stats, term_coefficients(modes, refinement));
 }
 

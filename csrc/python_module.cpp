@@ -6,9 +6,9 @@ extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT,
-      "_C",  // name
+      "_C",     // name
       nullptr,  // doc
-      -1,  // no per-module state
+      -1,       // no per-module state
       nullptr,  // no methods: the ops live in torch.ops.hycon_ext
   };
   return PyModule_Create(&module_def);

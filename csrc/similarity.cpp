@@ -20,8 +20,9 @@ at::Tensor similarity_kernel(const at::Tensor& x, const at::Tensor& y) {
   return as_dtype(at::mm(zx, zy.t()), x.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor> similarity_backward_kernel(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y) {
+std::tuple<at::Tensor, at::Tensor> similarity_backward_kernel(const at::Tensor& grad,
+                                                              const at::Tensor& x,
+                                                              const at::Tensor& y) {
   check_similarity_inputs(x, y);
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == x.size(0) && grad.size(1) == y.size(0),
               "grad must have shape (", x.size(0), ", ", y.size(0), "), got ", grad.sizes());
@@ -46,8 +47,8 @@ at::Tensor similarity(const at::Tensor& x, const at::Tensor& y) {
   return op.call(x, y);
 }
 
-std::tuple<at::Tensor, at::Tensor> similarity_backward(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y) {
+std::tuple<at::Tensor, at::Tensor> similarity_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                       const at::Tensor& y) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::similarity_backward", "")
                        .typed<decltype(similarity_backward)>();

@@ -14,8 +14,15 @@ Semantics: docs/losses.md; the op contract: docs/design.md.
 __version__ = "0.2.0"
 
 from .distributed import hycon_loss_distributed
-from .loss import (HyConLoss, HyConOutput, HyConTerms, hycon_loss, hycon_loss_multi, hycon_terms,
-                   terms_to_output)
+from .loss import (
+    HyConLoss,
+    HyConOutput,
+    HyConTerms,
+    hycon_loss,
+    hycon_loss_multi,
+    hycon_terms,
+    terms_to_output,
+)
 
 __all__ = [
     "HyConLoss",

@@ -34,8 +34,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loss import (HyConOutput, HyConTerms, _check_inputs, check_options, hycon_loss,
-                   hycon_terms, terms_to_output)
+from .loss import (
+    HyConOutput,
+    HyConTerms,
+    _check_inputs,
+    check_options,
+    hycon_loss,
+    hycon_terms,
+    terms_to_output,
+)
 from .pairs import row_descriptors
 
 
@@ -83,7 +90,8 @@ def _gather_sizes(x, group):
     per_rank = [tuple(s.tolist()) for s in shapes]
     if len({d for _, d in per_rank}) != 1:
         raise ValueError(
-            f"x_l: every rank must have the same feature size d, got (K, d) per rank {per_rank}")
+            f"x_l: every rank must have the same feature size d, got (K, d) per rank {per_rank}"
+        )
     return [k for k, _ in per_rank]
 
 
@@ -133,17 +141,32 @@ def hycon_loss_distributed(
     """
     _check_inputs(x_l, x_a, x_v, labels)
     # before any collective, so that bad options fail on every rank alike instead of hanging
-    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
-                  reduction=reduction)
-    options: dict[str, Any] = dict(alpha=alpha, beta=beta, gamma=gamma, pair_selection=pair_selection,
-                   select_positives=select_positives, select_negatives=select_negatives,
-                   refinement=refinement, backend=backend)
+    check_options(
+        alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend, reduction=reduction
+    )
+    options: dict[str, Any] = dict(
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        pair_selection=pair_selection,
+        select_positives=select_positives,
+        select_negatives=select_negatives,
+        refinement=refinement,
+        backend=backend,
+    )
     labels = labels.to(x_l.device)
     if not (dist.is_available() and dist.is_initialized()):
         return hycon_loss(x_l, x_a, x_v, labels, lambdas=lambdas, reduction=reduction, **options)
-    return loss_over_ranks((x_l, x_a, x_v), labels, memory=None, group=group,
-                           scale_for_ddp=scale_for_ddp, lambdas=lambdas, reduction=reduction,
-                           options=options)
+    return loss_over_ranks(
+        (x_l, x_a, x_v),
+        labels,
+        memory=None,
+        group=group,
+        scale_for_ddp=scale_for_ddp,
+        lambdas=lambdas,
+        reduction=reduction,
+        options=options,
+    )
 
 
 def loss_over_ranks(xs, labels, *, memory, group, scale_for_ddp, lambdas, reduction, options):
@@ -188,5 +211,6 @@ def loss_over_ranks(xs, labels, *, memory, group, scale_for_ddp, lambdas, reduct
     local_part = terms_to_output(HyConTerms(local.sums, g_counts), lambdas, reduction)
     global_value = terms_to_output(HyConTerms(g_sums, g_counts), lambdas, reduction)
     scale = float(dist.get_world_size(group)) if scale_for_ddp else 1.0
-    return HyConOutput(*(_GlobalValue.apply(part, value, scale)
-                         for part, value in zip(local_part, global_value)))
+    return HyConOutput(
+        *(_GlobalValue.apply(part, value, scale) for part, value in zip(local_part, global_value))
+    )

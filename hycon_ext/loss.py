@@ -85,16 +85,23 @@ def check_options(
     if not _is_real(alpha):
         raise TypeError(f"alpha: expected a number, got {type(alpha).__name__}")
     if not 0 < alpha <= 1:
-        raise ValueError(f"alpha: expected a number in (0, 1] (1 = no modality margin), got {alpha!r}")
+        raise ValueError(
+            f"alpha: expected a number in (0, 1] (1 = no modality margin), got {alpha!r}"
+        )
     if not _is_real(beta) or not 0 < beta <= 1:
         raise ValueError(f"beta: expected a number in (0, 1], got {beta!r}")
     if not _is_real(gamma) or not 0 < gamma < math.inf:
         raise ValueError(f"gamma: expected a number > 0 and finite, got {gamma!r}")
-    if (isinstance(lambdas, (str, bytes)) or not hasattr(lambdas, "__len__")
-            or len(lambdas) != 3 or not all(map(_is_real, lambdas))):
+    if (
+        isinstance(lambdas, (str, bytes))
+        or not hasattr(lambdas, "__len__")
+        or len(lambdas) != 3
+        or not all(map(_is_real, lambdas))
+    ):
         raise ValueError(
             "lambdas: expected three numbers (lambda1 for IAMCL, lambda2 for IEMCL, "
-            f"lambda3 for SCL), got {lambdas!r}")
+            f"lambda3 for SCL), got {lambdas!r}"
+        )
     if not all(0 <= value < math.inf for value in lambdas):
         raise ValueError(f"lambdas: expected three finite numbers >= 0, got {tuple(lambdas)!r}")
     if backend not in BACKENDS:
@@ -107,8 +114,10 @@ def _check_not_meta(name, tensor):
     # A meta tensor has no values to compute a loss from; torch.compile never passes one here
     # (its FakeTensors report the real device), it reaches the fake kernels in ops.py instead.
     if tensor.device.type == "meta":
-        raise ValueError(f"{name}: meta tensors are not supported by the eager loss (they hold no "
-                         "values); pass tensors on cpu or cuda")
+        raise ValueError(
+            f"{name}: meta tensors are not supported by the eager loss (they hold no "
+            "values); pass tensors on cpu or cuda"
+        )
 
 
 def _check_inputs(x_l, x_a, x_v, labels):
@@ -118,8 +127,10 @@ def _check_inputs(x_l, x_a, x_v, labels):
 def _check_modalities(xs, labels):
     """xs: a list or tuple of at least two (K, d) modality batches."""
     if not isinstance(xs, (list, tuple)):
-        raise TypeError(f"xs: expected a list or tuple of (K, d) tensors, one per modality, "
-                        f"got {type(xs).__name__}")
+        raise TypeError(
+            f"xs: expected a list or tuple of (K, d) tensors, one per modality, "
+            f"got {type(xs).__name__}"
+        )
     if len(xs) < 2:
         raise ValueError(f"xs: expected at least two modalities, got {len(xs)}")
     _check_batch([(f"xs[{m}]", x) for m, x in enumerate(xs)], labels)
@@ -139,20 +150,22 @@ def _check_batch(named, labels):
     for name, x in named[1:]:
         if x.shape != shape:
             raise ValueError(
-                f"{name}: expected the shape of {first} {tuple(shape)}, got {tuple(x.shape)}")
+                f"{name}: expected the shape of {first} {tuple(shape)}, got {tuple(x.shape)}"
+            )
         if x.dtype != dtype:
             raise TypeError(f"{name}: expected the dtype of {first} ({dtype}), got {x.dtype}")
         if x.device != device:
-            raise ValueError(
-                f"{name}: expected the device of {first} ({device}), got {x.device}")
+            raise ValueError(f"{name}: expected the device of {first} ({device}), got {x.device}")
     _check_not_meta(first, x_first)
     k, d = shape
     if k < 1 or d < 1:
         raise ValueError(
-            f"{first}: expected at least one sample and one feature, got shape {(k, d)}")
+            f"{first}: expected at least one sample and one feature, got shape {(k, d)}"
+        )
     if not isinstance(labels, torch.Tensor):
         raise TypeError(
-            f"labels: expected a torch.Tensor of class ids, got {type(labels).__name__}")
+            f"labels: expected a torch.Tensor of class ids, got {type(labels).__name__}"
+        )
     if labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"labels: expected integer class ids, got dtype {labels.dtype}")
     if labels.shape != (k,):
@@ -173,13 +186,16 @@ def _resolve_backend(backend, device):
     available = _ext_available(device.type)
     if backend == "ext":
         if not available and device.type not in ("cpu", "cuda"):
-            raise RuntimeError(f"backend='ext': the hycon_ext kernels exist for cpu and cuda only, "
-                               f"not {device}; pass backend='reference'")
+            raise RuntimeError(
+                f"backend='ext': the hycon_ext kernels exist for cpu and cuda only, "
+                f"not {device}; pass backend='reference'"
+            )
         if not available:
             raise RuntimeError(
                 f"backend='ext': the hycon_ext kernels are not built for device {device}; "
                 "build them with `pip install -e . --no-build-isolation`, "
-                "or pass backend='reference'")
+                "or pass backend='reference'"
+            )
         return _ops
     if available:
         return _ops
@@ -188,7 +204,9 @@ def _resolve_backend(backend, device):
         warnings.warn(
             f"hycon_ext: kernels not available for device {device}; backend='auto' falls back "
             "to the pure-PyTorch reference (slower). Pass backend='reference' to silence this.",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return reference
 
 
@@ -243,33 +261,72 @@ def hycon_terms(
             raise ValueError(f"{name}: expected a 2-D floating tensor of softmax-normalised rows")
     if z_cand.shape[1] != z_anchor.shape[1]:
         raise ValueError(
-            f"z_cand: expected {z_anchor.shape[1]} features like z_anchor, got {z_cand.shape[1]}")
+            f"z_cand: expected {z_anchor.shape[1]} features like z_anchor, got {z_cand.shape[1]}"
+        )
     if z_cand.dtype != z_anchor.dtype or z_cand.device != z_anchor.device:
-        raise ValueError(f"z_cand: expected the dtype and device of z_anchor ({z_anchor.dtype}, "
-                         f"{z_anchor.device}), got {z_cand.dtype}, {z_cand.device}")
+        raise ValueError(
+            f"z_cand: expected the dtype and device of z_anchor ({z_anchor.dtype}, "
+            f"{z_anchor.device}), got {z_cand.dtype}, {z_cand.device}"
+        )
     for name, ids, z in (("a_ids", a_ids, z_anchor), ("c_ids", c_ids, z_cand)):
         if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
-            raise TypeError(f"{name}: expected an int64 tensor of row descriptors "
-                            "(pairs.row_descriptors)")
+            raise TypeError(
+                f"{name}: expected an int64 tensor of row descriptors (pairs.row_descriptors)"
+            )
         if ids.shape != (z.shape[0], 3):
             raise ValueError(f"{name}: expected shape ({z.shape[0]}, 3), got {tuple(ids.shape)}")
         if ids.device != z_anchor.device:
             raise ValueError(
-                f"{name}: expected the device of z_anchor ({z_anchor.device}), got {ids.device}")
+                f"{name}: expected the device of z_anchor ({z_anchor.device}), got {ids.device}"
+            )
     _check_not_meta("z_anchor", z_anchor)
     if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
         raise ValueError(f"n_samples: expected a positive integer, got {n_samples!r}")
     ops = _resolve_backend(backend, z_anchor.device)
-    return _terms(ops, z_anchor, z_cand, a_ids, c_ids,
-                  _selection_size(beta, n_samples, pair_selection), alpha, gamma,
-                  select_positives, select_negatives, pair_selection, refinement)
+    return _terms(
+        ops,
+        z_anchor,
+        z_cand,
+        a_ids,
+        c_ids,
+        _selection_size(beta, n_samples, pair_selection),
+        alpha,
+        gamma,
+        select_positives,
+        select_negatives,
+        pair_selection,
+        refinement,
+    )
 
 
-def _terms(ops, za, zc, a_ids, c_ids, h, alpha, gamma, select_positives, select_negatives,
-           pair_selection, refinement):
-    terms = ops.pair_terms(za, zc, a_ids, c_ids, _MODES, [1.0, float(alpha), float(alpha)], h,
-                           float(gamma), bool(select_positives), bool(select_negatives),
-                           bool(pair_selection), bool(refinement))
+def _terms(
+    ops,
+    za,
+    zc,
+    a_ids,
+    c_ids,
+    h,
+    alpha,
+    gamma,
+    select_positives,
+    select_negatives,
+    pair_selection,
+    refinement,
+):
+    terms = ops.pair_terms(
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        _MODES,
+        [1.0, float(alpha), float(alpha)],
+        h,
+        float(gamma),
+        bool(select_positives),
+        bool(select_negatives),
+        bool(pair_selection),
+        bool(refinement),
+    )
     return HyConTerms(terms[0], terms[1])
 
 
@@ -298,10 +355,23 @@ def hycon_loss(
     or "auto" (ext when built for the inputs' device, else reference with a one-time warning).
     """
     _check_inputs(x_l, x_a, x_v, labels)
-    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
-                  reduction=reduction)
-    return _batch_loss((x_l, x_a, x_v), labels, alpha, beta, gamma, lambdas, pair_selection,
-                       select_positives, select_negatives, refinement, reduction, backend)
+    check_options(
+        alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend, reduction=reduction
+    )
+    return _batch_loss(
+        (x_l, x_a, x_v),
+        labels,
+        alpha,
+        beta,
+        gamma,
+        lambdas,
+        pair_selection,
+        select_positives,
+        select_negatives,
+        refinement,
+        reduction,
+        backend,
+    )
 
 
 def hycon_loss_multi(
@@ -326,14 +396,39 @@ def hycon_loss_multi(
     hycon_loss(*xs, labels, ...) (the same op call, so the same numbers).
     """
     _check_modalities(xs, labels)
-    check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
-                  reduction=reduction)
-    return _batch_loss(tuple(xs), labels, alpha, beta, gamma, lambdas, pair_selection,
-                       select_positives, select_negatives, refinement, reduction, backend)
+    check_options(
+        alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend, reduction=reduction
+    )
+    return _batch_loss(
+        tuple(xs),
+        labels,
+        alpha,
+        beta,
+        gamma,
+        lambdas,
+        pair_selection,
+        select_positives,
+        select_negatives,
+        refinement,
+        reduction,
+        backend,
+    )
 
 
-def _batch_loss(xs, labels, alpha, beta, gamma, lambdas, pair_selection, select_positives,
-                select_negatives, refinement, reduction, backend):
+def _batch_loss(
+    xs,
+    labels,
+    alpha,
+    beta,
+    gamma,
+    lambdas,
+    pair_selection,
+    select_positives,
+    select_negatives,
+    refinement,
+    reduction,
+    backend,
+):
     """The loss of validated batches: every anchor against the whole batch.
 
     Three modalities averaged: one loss_values call. Otherwise softmax and one pair_terms call,
@@ -344,13 +439,36 @@ def _batch_loss(xs, labels, alpha, beta, gamma, lambdas, pair_selection, select_
     labels = labels.to(device)
     h = _selection_size(beta, xs[0].shape[0], pair_selection)
     if len(xs) == 3 and reduction == "mean":
-        return HyConOutput(*ops.loss_values(
-            *xs, labels, alpha, lambdas, h, gamma, select_positives, select_negatives,
-            pair_selection, refinement))
+        return HyConOutput(
+            *ops.loss_values(
+                *xs,
+                labels,
+                alpha,
+                lambdas,
+                h,
+                gamma,
+                select_positives,
+                select_negatives,
+                pair_selection,
+                refinement,
+            )
+        )
     z = torch.softmax(torch.cat(xs), dim=-1)
     ids = row_descriptors(labels, len(xs))
-    terms = _terms(ops, z, z, ids, ids, h, alpha, gamma, select_positives, select_negatives,
-                   pair_selection, refinement)
+    terms = _terms(
+        ops,
+        z,
+        z,
+        ids,
+        ids,
+        h,
+        alpha,
+        gamma,
+        select_positives,
+        select_negatives,
+        pair_selection,
+        refinement,
+    )
     return _output(terms, lambdas, reduction)
 
 
@@ -389,25 +507,45 @@ class HyConLoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        check_options(alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend,
-                      reduction=reduction)
-        if (isinstance(memory_size, bool) or not isinstance(memory_size, numbers.Integral)
-                or memory_size < 0):
-            raise ValueError(f"memory_size: expected an integer >= 0 (0: no memory), "
-                             f"got {memory_size!r}")
+        check_options(
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            lambdas=lambdas,
+            backend=backend,
+            reduction=reduction,
+        )
+        if (
+            isinstance(memory_size, bool)
+            or not isinstance(memory_size, numbers.Integral)
+            or memory_size < 0
+        ):
+            raise ValueError(
+                f"memory_size: expected an integer >= 0 (0: no memory), got {memory_size!r}"
+            )
         self.options: dict[str, Any] = dict(
-            alpha=alpha, beta=beta, gamma=gamma, lambdas=tuple(lambdas),
-            pair_selection=pair_selection, select_positives=select_positives,
-            select_negatives=select_negatives, refinement=refinement, reduction=reduction,
-            backend=backend)
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            lambdas=tuple(lambdas),
+            pair_selection=pair_selection,
+            select_positives=select_positives,
+            select_negatives=select_negatives,
+            refinement=refinement,
+            reduction=reduction,
+            backend=backend,
+        )
         self.distributed: bool = bool(distributed)
         self.memory: Optional[CrossBatchMemory] = (
-            CrossBatchMemory(int(memory_size)) if memory_size else None)
+            CrossBatchMemory(int(memory_size)) if memory_size else None
+        )
 
     def forward(self, *inputs: Tensor) -> HyConOutput:
         if len(inputs) < 3:
-            raise TypeError(f"HyConLoss: expected (x_1, ..., x_M, labels) with M >= 2 modality "
-                            f"batches, got {len(inputs)} arguments")
+            raise TypeError(
+                f"HyConLoss: expected (x_1, ..., x_M, labels) with M >= 2 modality "
+                f"batches, got {len(inputs)} arguments"
+            )
         *xs, labels = inputs
         if self.memory is None and not self.distributed:
             return hycon_loss_multi(xs, labels, **self.options)
@@ -416,11 +554,21 @@ class HyConLoss(nn.Module):
         _check_modalities(xs, labels)
         options = dict(self.options)
         lambdas, reduction = options.pop("lambdas"), options.pop("reduction")
-        return loss_over_ranks(xs, labels.to(xs[0].device), memory=self.memory, group=None,
-                               scale_for_ddp=True, lambdas=lambdas, reduction=reduction,
-                               options=options)
+        return loss_over_ranks(
+            xs,
+            labels.to(xs[0].device),
+            memory=self.memory,
+            group=None,
+            scale_for_ddp=True,
+            lambdas=lambdas,
+            reduction=reduction,
+            options=options,
+        )
 
     def extra_repr(self) -> str:
-        options = {**self.options, "memory_size": self.memory.size if self.memory else 0,
-                   "distributed": self.distributed}
+        options = {
+            **self.options,
+            "memory_size": self.memory.size if self.memory else 0,
+            "distributed": self.distributed,
+        }
         return ", ".join(f"{key}={value!r}" for key, value in options.items())

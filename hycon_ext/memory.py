@@ -42,12 +42,15 @@ class CrossBatchMemory(nn.Module):
 
     def _check_layout(self, n_modalities, d, device):
         if device != self.labels.device:
-            raise ValueError(f"memory: on {self.labels.device}, got a batch on {device}; move "
-                             "the HyConLoss with .to(device)")
+            raise ValueError(
+                f"memory: on {self.labels.device}, got a batch on {device}; move "
+                "the HyConLoss with .to(device)"
+            )
         if self.filled() and tuple(self.rows.shape) != (n_modalities, self.size, d):
             raise ValueError(
                 f"memory: holds rows of {self.rows.shape[0]} modalities x {self.rows.shape[2]} "
-                f"features, got a batch of {n_modalities} modalities x {d} features")
+                f"features, got a batch of {n_modalities} modalities x {d} features"
+            )
 
     def candidates(self, like, n_modalities, sample_offset):
         """(rows (n_modalities * Q_now, d), descriptors (n_modalities * Q_now, 3)), oldest
@@ -81,19 +84,21 @@ class CrossBatchMemory(nn.Module):
             self.rows = rows.new_zeros(shape)
         keep = min(k, self.size)
         slots = (int(self.pointer) + torch.arange(keep, device=rows.device)) % self.size
-        self.rows.index_copy_(1, slots, rows[:, k - keep:].to(self.rows.dtype))
-        self.labels.index_copy_(0, slots, labels[k - keep:].to(self.labels.device, torch.int64))
+        self.rows.index_copy_(1, slots, rows[:, k - keep :].to(self.rows.dtype))
+        self.labels.index_copy_(0, slots, labels[k - keep :].to(self.labels.device, torch.int64))
         self.count.fill_(min(self.size, self.filled() + keep))
         self.pointer.fill_((int(self.pointer) + keep) % self.size)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         saved = state_dict.get(prefix + "rows")
         if saved is not None and saved.dim() == 3 and saved.shape[1] == self.size:
             # The saved layout (modalities, d, dtype) replaces the empty buffer of a fresh module.
             self.rows = torch.empty_like(saved, device=self.rows.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self):
         # Not the fill level: reading it would sync a GPU, and fail on meta.

@@ -37,20 +37,23 @@ def is_available(device: torch.device | str = "cpu") -> bool:
     return _has_kernels(device if device in _DISPATCH_KEYS else torch.device(device).type)
 
 
-@functools.lru_cache(maxsize=None)  # registrations are fixed once _C is loaded; lookups are slow
+@functools.cache  # registrations are fixed once _C is loaded; lookups are slow
 def _has_kernels(device_type: str) -> bool:
     key = _DISPATCH_KEYS.get(device_type)
     if key is None or (device_type == "cuda" and not torch.cuda.is_available()):
         return False
-    return all(getattr(torch.ops.hycon_ext, name).default.has_kernel_for_dispatch_key(key)
-               for name in _OP_NAMES)
+    return all(
+        getattr(torch.ops.hycon_ext, name).default.has_kernel_for_dispatch_key(key)
+        for name in _OP_NAMES
+    )
 
 
 def _require_built() -> None:
     if _LOAD_ERROR is not None:
         raise RuntimeError(
             "hycon_ext._C is not available (build it with "
-            f"`pip install -e . --no-build-isolation`): {_LOAD_ERROR}")
+            f"`pip install -e . --no-build-isolation`): {_LOAD_ERROR}"
+        )
 
 
 def similarity(x: Tensor, y: Tensor) -> Tensor:
@@ -69,8 +72,9 @@ def pair_sums(
 ) -> Tensor:
     """Per-anchor stats (N, len(modes), 4) = [pos_sum, neg_sum, pos_count, refine_sum]."""
     _require_built()
-    return torch.ops.hycon_ext.pair_sums(za, zc, a_ids, c_ids, list(modes),
-                                         [float(t) for t in targets])
+    return torch.ops.hycon_ext.pair_sums(
+        za, zc, a_ids, c_ids, list(modes), [float(t) for t in targets]
+    )
 
 
 def hard_pair_sums(
@@ -88,8 +92,17 @@ def hard_pair_sums(
     """pair_sums with HyCon-v2 top-h pair selection; returns the stats only."""
     _require_built()
     stats, _state = torch.ops.hycon_ext.hard_pair_sums(
-        za, zc, a_ids, c_ids, list(modes), [float(t) for t in targets], int(h), float(gamma),
-        bool(select_pos), bool(select_neg))
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        list(modes),
+        [float(t) for t in targets],
+        int(h),
+        float(gamma),
+        bool(select_pos),
+        bool(select_neg),
+    )
     return stats
 
 
@@ -113,8 +126,19 @@ def pair_terms(
     """
     _require_built()
     terms, _stats, _state = torch.ops.hycon_ext.pair_terms(
-        za, zc, a_ids, c_ids, list(modes), [float(t) for t in targets], int(h), float(gamma),
-        bool(select_pos), bool(select_neg), bool(selection), bool(refinement))
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        list(modes),
+        [float(t) for t in targets],
+        int(h),
+        float(gamma),
+        bool(select_pos),
+        bool(select_neg),
+        bool(selection),
+        bool(refinement),
+    )
     return terms
 
 
@@ -139,8 +163,19 @@ def loss_values(
     """
     _require_built()
     out = torch.ops.hycon_ext.loss_values(
-        x_l, x_a, x_v, labels, float(alpha), [float(v) for v in lambdas], int(h), float(gamma),
-        bool(select_pos), bool(select_neg), bool(selection), bool(refinement))
+        x_l,
+        x_a,
+        x_v,
+        labels,
+        float(alpha),
+        [float(v) for v in lambdas],
+        int(h),
+        float(gamma),
+        bool(select_pos),
+        bool(select_neg),
+        bool(selection),
+        bool(refinement),
+    )
     return out[:4]
 
 
@@ -161,8 +196,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake(lib + "pair_sums")
     def _(za, zc, a_ids, c_ids, modes, targets):
-        return za.new_empty((za.shape[0], len(modes), _STAT_COLS),
-                            dtype=_compute_dtype(za.dtype))
+        return za.new_empty((za.shape[0], len(modes), _STAT_COLS), dtype=_compute_dtype(za.dtype))
 
     @torch.library.register_fake(lib + "pair_sums_backward")
     def _(grad_stats, za, zc, a_ids, c_ids, modes, targets):
@@ -176,13 +210,24 @@ def _register_fakes() -> None:
         return stats, state
 
     @torch.library.register_fake(lib + "hard_pair_sums_backward")
-    def _(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
-          state):
+    def _(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg, state):
         return torch.empty_like(za), torch.empty_like(zc)
 
     @torch.library.register_fake(lib + "pair_terms")
-    def _(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg, selection,
-          refinement):
+    def _(
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        modes,
+        targets,
+        h,
+        gamma,
+        select_pos,
+        select_neg,
+        selection,
+        refinement,
+    ):
         dtype = _compute_dtype(za.dtype)
         n_modes = len(modes)
         terms = za.new_empty((2, n_modes), dtype=dtype)
@@ -191,13 +236,39 @@ def _register_fakes() -> None:
         return terms, stats, za.new_empty(state_shape, dtype=dtype)
 
     @torch.library.register_fake(lib + "pair_terms_backward")
-    def _(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
-          selection, refinement, stats, state):
+    def _(
+        grad_terms,
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        modes,
+        targets,
+        gamma,
+        select_pos,
+        select_neg,
+        selection,
+        refinement,
+        stats,
+        state,
+    ):
         return torch.empty_like(za), torch.empty_like(zc)
 
     @torch.library.register_fake(lib + "loss_values")
-    def _(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection,
-          refinement):
+    def _(
+        x_l,
+        x_a,
+        x_v,
+        labels,
+        alpha,
+        lambdas,
+        h,
+        gamma,
+        select_pos,
+        select_neg,
+        selection,
+        refinement,
+    ):
         dtype = _compute_dtype(x_l.dtype)
         rows = 3 * x_l.shape[0]
         losses = [x_l.new_empty((), dtype=dtype) for _ in range(4)]
@@ -211,8 +282,23 @@ def _register_fakes() -> None:
         return (*losses, z, terms, stats, x_l.new_empty(state_shape, dtype=dtype), sim)
 
     @torch.library.register_fake(lib + "loss_values_backward")
-    def _(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg, selection,
-          refinement, terms, stats, state, sim, dtype):
+    def _(
+        grad_losses,
+        labels,
+        z,
+        alpha,
+        lambdas,
+        gamma,
+        select_pos,
+        select_neg,
+        selection,
+        refinement,
+        terms,
+        stats,
+        state,
+        sim,
+        dtype,
+    ):
         k = labels.shape[0]
         return tuple(z.new_empty((k, z.shape[1]), dtype=dtype) for _ in range(3))
 

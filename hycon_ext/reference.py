@@ -42,7 +42,8 @@ def pair_masks(a_ids, c_ids, modes):
 def _check_modes(modes, targets):
     if len(modes) != len(targets):
         raise ValueError(
-            f"targets: expected one target per mode ({len(modes)}), got {len(targets)}")
+            f"targets: expected one target per mode ({len(modes)}), got {len(targets)}"
+        )
 
 
 def _plain_sums(s, positives, negatives, target):
@@ -66,7 +67,8 @@ def _stack_stats(pos_sum, neg_sum, pos_count, refine_sum, poison):
     sum it falls in); pos_count stays a count so the loss still sees the anchor.
     """
     stats = torch.stack(
-        (pos_sum + poison, neg_sum + poison, pos_count, refine_sum + poison), dim=-1)
+        (pos_sum + poison, neg_sum + poison, pos_count, refine_sum + poison), dim=-1
+    )
     return stats.transpose(0, 1)
 
 
@@ -168,8 +170,12 @@ def terms_from_stats(stats, modes, refinement=True):
     mean = 1.0 if refinement else 0.0
     same = [mode == SAME_SAMPLE for mode in modes]
     c_ratio, c_mean, c_sum = stats.new_tensor(
-        ([0.0 if s else -1.0 for s in same], [0.0 if s else mean for s in same],
-         [0.5 if s else 0.0 for s in same])).unbind()
+        (
+            [0.0 if s else -1.0 for s in same],
+            [0.0 if s else mean for s in same],
+            [0.5 if s else 0.0 for s in same],
+        )
+    ).unbind()
     # Anchors without a positive have pos_sum = refine_sum = 0, so they add exactly 0; the
     # (pos_sum == 0) keeps their ratio 0 instead of 0/0 (also when similarities underflow).
     ratio = pos_sum / (pos_sum + neg_sum + (pos_sum == 0))
@@ -178,13 +184,15 @@ def terms_from_stats(stats, modes, refinement=True):
     return torch.stack((per_anchor.sum(0), counts))
 
 
-def pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg,
-               selection, refinement):
+def pair_terms(
+    za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg, selection, refinement
+):
     """Loss terms (2, len(modes)) of pair_sums (selection=False; h, gamma, select_pos and
     select_neg are then ignored) or hard_pair_sums stats: see terms_from_stats."""
     if selection:
-        stats = hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos,
-                               select_neg)
+        stats = hard_pair_sums(
+            za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg
+        )
     else:
         stats = pair_sums(za, zc, a_ids, c_ids, modes, targets)
     return terms_from_stats(stats, modes, refinement)
@@ -198,19 +206,46 @@ def combine_terms(sums, counts, lambdas):
     return (means * means.new_tensor(lambdas)).sum(), scl, iamcl, iemcl
 
 
-def loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
-                selection, refinement):
+def loss_values(
+    x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection, refinement
+):
     """(total, scl, iamcl, iemcl) of the three (K, d) batches (twin of ops.loss_values)."""
     z = torch.softmax(torch.cat((x_l, x_a, x_v)), dim=-1)
     ids = row_descriptors(labels, N_MODALITIES)
-    terms = pair_terms(z, z, ids, ids, _MODES, (1.0, alpha, alpha), h, gamma, select_pos,
-                       select_neg, selection, refinement)
+    terms = pair_terms(
+        z,
+        z,
+        ids,
+        ids,
+        _MODES,
+        (1.0, alpha, alpha),
+        h,
+        gamma,
+        select_pos,
+        select_neg,
+        selection,
+        refinement,
+    )
     return combine_terms(terms[0], terms[1], lambdas)
 
 
-def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
-               lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
-               select_negatives=True, refinement=True, reduction="mean", backend="reference"):
+def hycon_loss(
+    x_l,
+    x_a,
+    x_v,
+    labels,
+    *,
+    alpha=0.8,
+    beta=0.2,
+    gamma=1.0,
+    lambdas=(1.0, 1.0, 1.0),
+    pair_selection=False,
+    select_positives=True,
+    select_negatives=True,
+    refinement=True,
+    reduction="mean",
+    backend="reference",
+):
     """The HyCon loss in eager PyTorch: hycon_ext.hycon_loss(..., backend="reference").
 
     Same signature as hycon_ext.hycon_loss; backend can only be "reference".
@@ -219,9 +254,21 @@ def hycon_loss(x_l, x_a, x_v, labels, *, alpha=0.8, beta=0.2, gamma=1.0,
 
     if backend != "reference":
         raise ValueError(
-            f"backend: hycon_ext.reference.hycon_loss only computes 'reference', got {backend!r}")
+            f"backend: hycon_ext.reference.hycon_loss only computes 'reference', got {backend!r}"
+        )
     return _hycon_loss(
-        x_l, x_a, x_v, labels, alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas,
-        pair_selection=pair_selection, select_positives=select_positives,
-        select_negatives=select_negatives, refinement=refinement, reduction=reduction,
-        backend="reference")
+        x_l,
+        x_a,
+        x_v,
+        labels,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        lambdas=lambdas,
+        pair_selection=pair_selection,
+        select_positives=select_positives,
+        select_negatives=select_negatives,
+        refinement=refinement,
+        reduction=reduction,
+        backend="reference",
+    )

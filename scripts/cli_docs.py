@@ -22,17 +22,36 @@ def render():
     from train import ablate, main
 
     sections = [
-        ("train/main.py", "Trains and evaluates HyCon on one dataset (one or several seeds).",
-         main.build_parser()),
-        ("train/ablate.py", "Runs every row of one of the paper's ablation tables through "
-         "train/main.py and writes ablation.md / ablation.json.", ablate.build_parser()),
+        (
+            "train/main.py",
+            "Trains and evaluates HyCon on one dataset (one or several seeds).",
+            main.build_parser(),
+        ),
+        (
+            "train/ablate.py",
+            "Runs every row of one of the paper's ablation tables through "
+            "train/main.py and writes ablation.md / ablation.json.",
+            ablate.build_parser(),
+        ),
     ]
-    lines = ["# Command-line reference", "",
-             "Generated from the parsers by `python scripts/cli_docs.py`; a test fails when this",
-             "page and `--help` differ.", ""]
+    lines = [
+        "# Command-line reference",
+        "",
+        "Generated from the parsers by `python scripts/cli_docs.py`; a test fails when this",
+        "page and `--help` differ.",
+        "",
+    ]
     for name, summary, parser in sections:
-        lines += [f"## `{name}`", "", summary, "", "```text", parser.format_help().rstrip(), "```",
-                  ""]
+        lines += [
+            f"## `{name}`",
+            "",
+            summary,
+            "",
+            "```text",
+            parser.format_help().rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -43,8 +62,9 @@ def main(argv=None):
     text = render()
     if args.check:
         if not DOC.exists() or DOC.read_text() != text:
-            print(f"{DOC.relative_to(ROOT)} is stale: run python scripts/cli_docs.py",
-                  file=sys.stderr)
+            print(
+                f"{DOC.relative_to(ROOT)} is stale: run python scripts/cli_docs.py", file=sys.stderr
+            )
             return 1
         return 0
     DOC.write_text(text)

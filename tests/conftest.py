@@ -11,11 +11,15 @@ def require_ext(device="cpu"):
     try:
         from hycon_ext import ops
     except ImportError as error:
-        pytest.fail(f"hycon_ext.ops does not import ({error}); "
-                    "build it with `pip install -e . --no-build-isolation`")
+        pytest.fail(
+            f"hycon_ext.ops does not import ({error}); "
+            "build it with `pip install -e . --no-build-isolation`"
+        )
     if not ops.is_available(device):
-        pytest.fail(f"hycon_ext kernels are not built for {device}; "
-                    "build them with `pip install -e . --no-build-isolation`")
+        pytest.fail(
+            f"hycon_ext kernels are not built for {device}; "
+            "build them with `pip install -e . --no-build-isolation`"
+        )
     return ops
 
 
@@ -34,8 +38,12 @@ def make_labels(k, pattern, generator):
 def _make_batch(k, d, pattern="random", seed=0, dtype=torch.float64, scale=2.0):
     """(x_l, x_a, x_v, labels): three (K, d) leaf tensors needing grad, and (K,) int64 labels."""
     generator = torch.Generator().manual_seed(seed)
-    xs = [(scale * torch.randn(k, d, generator=generator, dtype=torch.float64))
-          .to(dtype).requires_grad_() for _ in range(3)]
+    xs = [
+        (scale * torch.randn(k, d, generator=generator, dtype=torch.float64))
+        .to(dtype)
+        .requires_grad_()
+        for _ in range(3)
+    ]
     return (*xs, make_labels(k, pattern, generator))
 
 

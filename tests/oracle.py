@@ -77,10 +77,23 @@ def _mean_or_sum(values, reduction):
     return sum(values) / len(values) if values else 0.0
 
 
-def oracle_loss_multi(xs, labels, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.0, 1.0, 1.0),
-                      pair_selection=False, select_positives=True, select_negatives=True,
-                      refinement=True, reduction="mean", memory_xs=None, memory_labels=(),
-                      frozen_weights=None):
+def oracle_loss_multi(
+    xs,
+    labels,
+    *,
+    alpha=0.8,
+    beta=0.2,
+    gamma=1.0,
+    lambdas=(1.0, 1.0, 1.0),
+    pair_selection=False,
+    select_positives=True,
+    select_negatives=True,
+    refinement=True,
+    reduction="mean",
+    memory_xs=None,
+    memory_labels=(),
+    frozen_weights=None,
+):
     """dict(total, scl, iamcl, iemcl, weights) of M modality batches xs (M lists of K rows).
 
     memory_xs: M lists of Q rows (earlier samples, oldest first) with memory_labels (Q ints),
@@ -91,16 +104,22 @@ def oracle_loss_multi(xs, labels, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.
     z = [[_softmax(list(map(float, row))) for row in x] for x in xs]
     zm = [[_softmax(list(map(float, row))) for row in x] for x in (memory_xs or [[]] * n_mod)]
     q = len(memory_labels)
-    opts = dict(h=_selection_size(beta, k + q), gamma=gamma, pair_selection=pair_selection,
-                select_positives=select_positives, select_negatives=select_negatives)
+    opts = dict(
+        h=_selection_size(beta, k + q),
+        gamma=gamma,
+        pair_selection=pair_selection,
+        select_positives=select_positives,
+        select_negatives=select_negatives,
+    )
     record = {}
 
     # SCL (eq. 6): every anchor, its own sample in the other modalities (never a memory row).
     scl_terms = []
     for m in range(n_mod):
         for i in range(k):
-            scl_terms.append(0.5 * sum((_dot(z[m][i], z[n][i]) - alpha) ** 2
-                                       for n in range(n_mod) if n != m))
+            scl_terms.append(
+                0.5 * sum((_dot(z[m][i], z[n][i]) - alpha) ** 2 for n in range(n_mod) if n != m)
+            )
     scl = _mean_or_sum(scl_terms, reduction)
 
     # IAMCL (eqs. 7-9) and IEMCL (eqs. 10-12).
@@ -124,7 +143,8 @@ def oracle_loss_multi(xs, labels, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.
                 if not positives:
                     continue  # anchors without a positive are left out of both means
                 ratio, refine = _contrastive_anchor(
-                    positives, negatives, target, (name, m, i), opts, frozen_weights, record)
+                    positives, negatives, target, (name, m, i), opts, frozen_weights, record
+                )
                 ratios.append(ratio)
                 refines.append(refine)
         value = -_mean_or_sum(ratios, reduction)
@@ -133,8 +153,7 @@ def oracle_loss_multi(xs, labels, *, alpha=0.8, beta=0.2, gamma=1.0, lambdas=(1.
         terms[name] = value
 
     total = lambdas[0] * terms["iamcl"] + lambdas[1] * terms["iemcl"] + lambdas[2] * scl
-    return dict(total=total, scl=scl, iamcl=terms["iamcl"], iemcl=terms["iemcl"],
-                weights=record)
+    return dict(total=total, scl=scl, iamcl=terms["iamcl"], iemcl=terms["iemcl"], weights=record)
 
 
 def oracle_grad(x_l, x_a, x_v, labels, **options):
@@ -163,8 +182,9 @@ def oracle_grad_multi(xs, labels, *, term="total", eps=1e-6, **options):
     return grads
 
 
-def oracle_pair_stats(za, zc, a_ids, c_ids, modes, targets, *, h=None, gamma=1.0,
-                      select_pos=True, select_neg=True):
+def oracle_pair_stats(
+    za, zc, a_ids, c_ids, modes, targets, *, h=None, gamma=1.0, select_pos=True, select_neg=True
+):
     """Per-anchor stats [pos_sum, neg_sum, pos_count, refine_sum] per mode (docs/design.md).
 
     za, zc: lists of softmax-normalised rows; a_ids, c_ids: [class, modality, sample] lists;
@@ -197,11 +217,13 @@ def oracle_pair_stats(za, zc, a_ids, c_ids, modes, targets, *, h=None, gamma=1.0
                 w_n = _softmax([s for s, _ in kept_n]) if kept_n else []
             else:
                 kept_n, w_n = negatives, [1.0] * len(negatives)
-            per_mode.append([
-                sum(s * w for (s, _), w in zip(kept_p, w_p)),
-                sum(s * w for (s, _), w in zip(kept_n, w_n)),
-                float(len(kept_p)),
-                sum((s - target) ** 2 for s, _ in kept_p),
-            ])
+            per_mode.append(
+                [
+                    sum(s * w for (s, _), w in zip(kept_p, w_p)),
+                    sum(s * w for (s, _), w in zip(kept_n, w_n)),
+                    float(len(kept_p)),
+                    sum((s - target) ** 2 for s, _ in kept_p),
+                ]
+            )
         stats.append(per_mode)
     return stats

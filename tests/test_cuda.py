@@ -39,13 +39,16 @@ def ops():
     from hycon_ext import ops
 
     if not ops.is_available("cuda"):
-        pytest.fail("a CUDA device is present but hycon_ext has no CUDA kernels; build with "
-                    "`pip install -e . --no-build-isolation` where nvcc and a CUDA torch exist")
+        pytest.fail(
+            "a CUDA device is present but hycon_ext has no CUDA kernels; build with "
+            "`pip install -e . --no-build-isolation` where nvcc and a CUDA torch exist"
+        )
     return ops
 
 
-def make_problem(k, n_modalities=3, d=8, n_classes=3, seed=0, dtype=torch.float64,
-                 quantized=False, anchors="all"):
+def make_problem(
+    k, n_modalities=3, d=8, n_classes=3, seed=0, dtype=torch.float64, quantized=False, anchors="all"
+):
     """CPU inputs: softmax-normalised candidate rows, a subset of them as anchors.
 
     quantized: rows of quarters (d = 4 bins holding 0..4 quarters), so every similarity is a
@@ -59,7 +62,8 @@ def make_problem(k, n_modalities=3, d=8, n_classes=3, seed=0, dtype=torch.float6
     if quantized:
         bins = torch.randint(0, d, (m, 4), generator=gen)
         zc = torch.zeros(m, d, dtype=torch.float64).scatter_add_(
-            1, bins, torch.full((m, 4), 0.25, dtype=torch.float64))
+            1, bins, torch.full((m, 4), 0.25, dtype=torch.float64)
+        )
     else:
         zc = torch.softmax(2 * torch.randn(m, d, generator=gen, dtype=torch.float64), -1)
     rows = torch.arange(m) if anchors == "all" else torch.randperm(m, generator=gen)[: m // 2]
@@ -67,24 +71,25 @@ def make_problem(k, n_modalities=3, d=8, n_classes=3, seed=0, dtype=torch.float6
 
 
 def on(device, *tensors, grad=False):
-    return [t.detach().to(device).requires_grad_(grad and t.is_floating_point())
-            for t in tensors]
+    return [t.detach().to(device).requires_grad_(grad and t.is_floating_point()) for t in tensors]
 
 
 def values_and_grads(fn, za, zc, device, seed=1):
     """fn(za, zc) on `device` and the gradients of a fixed random weighting of its output."""
     za_d, zc_d = on(device, za, zc, grad=True)
     out = fn(za_d, zc_d)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(SEED + seed),
-                          dtype=torch.float64)
+    weights = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(SEED + seed), dtype=torch.float64
+    )
     # A NaN in the output must not leak into unrelated gradients through weight * NaN.
     (torch.where(out.isnan(), 0, out) * weights.to(device, out.dtype)).sum().backward()
     return out.detach().cpu(), za_d.grad.cpu(), zc_d.grad.cpu()
 
 
 def assert_cuda_matches_cpu(fn, za, zc, **tol):
-    for cuda_t, cpu_t in zip(values_and_grads(fn, za, zc, "cuda"),
-                             values_and_grads(fn, za, zc, "cpu")):
+    for cuda_t, cpu_t in zip(
+        values_and_grads(fn, za, zc, "cuda"), values_and_grads(fn, za, zc, "cpu")
+    ):
         assert cuda_t.dtype == cpu_t.dtype
         torch.testing.assert_close(cuda_t, cpu_t, equal_nan=True, **scaled_tolerance(cpu_t, tol))
 
@@ -102,22 +107,37 @@ def pair_sums_fn(ops, a_ids, c_ids, modes=ALL_MODES, targets=TARGETS):
     def fn(za, zc):
         a, c = on(za.device, a_ids, c_ids)
         return ops.pair_sums(za, zc, a, c, modes, targets)
+
     return fn
 
 
-def hard_fn(ops, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=ALL_MODES,
-            targets=TARGETS):
+def hard_fn(
+    ops, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=ALL_MODES, targets=TARGETS
+):
     def fn(za, zc):
         a, c = on(za.device, a_ids, c_ids)
         return ops.hard_pair_sums(za, zc, a, c, modes, targets, h, gamma, select_pos, select_neg)
+
     return fn
 
 
-def hard_with_state(za, zc, a_ids, c_ids, device, h, select_pos, select_neg, modes=ALL_MODES,
-                    targets=TARGETS, gamma=1.0):
+def hard_with_state(
+    za,
+    zc,
+    a_ids,
+    c_ids,
+    device,
+    h,
+    select_pos,
+    select_neg,
+    modes=ALL_MODES,
+    targets=TARGETS,
+    gamma=1.0,
+):
     args = on(device, za, zc, a_ids, c_ids)
-    stats, state = torch.ops.hycon_ext.hard_pair_sums(*args, modes, targets, h, gamma,
-                                                      select_pos, select_neg)
+    stats, state = torch.ops.hycon_ext.hard_pair_sums(
+        *args, modes, targets, h, gamma, select_pos, select_neg
+    )
     return stats.cpu(), state.cpu()
 
 
@@ -133,32 +153,41 @@ def test_similarity_matches_cpu(ops, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
-@pytest.mark.parametrize("k,n_modalities,n_classes,anchors,seed", [
-    (1, 3, 1, "all", 0),
-    (9, 3, 1, "all", 1),      # all labels equal
-    (40, 3, 3, "half", 2),    # rectangular: half the rows as anchors
-    (150, 2, 40, "all", 3),   # M = 300 > one block's stride
-    (90, 4, 5, "half", 4),
-])
+@pytest.mark.parametrize(
+    "k,n_modalities,n_classes,anchors,seed",
+    [
+        (1, 3, 1, "all", 0),
+        (9, 3, 1, "all", 1),  # all labels equal
+        (40, 3, 3, "half", 2),  # rectangular: half the rows as anchors
+        (150, 2, 40, "all", 3),  # M = 300 > one block's stride
+        (90, 4, 5, "half", 4),
+    ],
+)
 def test_pair_sums_matches_cpu(ops, dtype, k, n_modalities, n_classes, anchors, seed):
-    za, zc, a_ids, c_ids = make_problem(k, n_modalities, n_classes=n_classes, seed=seed,
-                                        dtype=dtype, anchors=anchors)
+    za, zc, a_ids, c_ids = make_problem(
+        k, n_modalities, n_classes=n_classes, seed=seed, dtype=dtype, anchors=anchors
+    )
     assert_cuda_matches_cpu(pair_sums_fn(ops, a_ids, c_ids), za, zc, **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 @pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
-@pytest.mark.parametrize("k,n_classes,h,anchors,seed", [
-    (1, 1, 1, "all", 0),
-    (12, 3, 2, "half", 1),
-    (12, 3, 50, "all", 2),     # h larger than every set: all pairs kept
-    (200, 4, 37, "all", 3),    # M = 600: sets span several block strides
-    (120, 2, 1, "half", 4),
-])
-def test_hard_pair_sums_matches_cpu(ops, dtype, select_pos, select_neg, k, n_classes, h,
-                                    anchors, seed):
-    za, zc, a_ids, c_ids = make_problem(k, n_classes=n_classes, seed=seed, dtype=dtype,
-                                        anchors=anchors)
+@pytest.mark.parametrize(
+    "k,n_classes,h,anchors,seed",
+    [
+        (1, 1, 1, "all", 0),
+        (12, 3, 2, "half", 1),
+        (12, 3, 50, "all", 2),  # h larger than every set: all pairs kept
+        (200, 4, 37, "all", 3),  # M = 600: sets span several block strides
+        (120, 2, 1, "half", 4),
+    ],
+)
+def test_hard_pair_sums_matches_cpu(
+    ops, dtype, select_pos, select_neg, k, n_classes, h, anchors, seed
+):
+    za, zc, a_ids, c_ids = make_problem(
+        k, n_classes=n_classes, seed=seed, dtype=dtype, anchors=anchors
+    )
     fn = hard_fn(ops, a_ids, c_ids, h, select_pos, select_neg, gamma=0.7)
     assert_cuda_matches_cpu(fn, za, zc, **TOLERANCES[dtype])
     # Same selected pairs: the threshold indices agree exactly (random data has no near-ties).
@@ -172,8 +201,7 @@ def test_hard_pair_sums_matches_cpu(ops, dtype, select_pos, select_neg, k, n_cla
 @pytest.mark.parametrize("h", [1, 3, 17])
 def test_hard_pair_sums_ties_select_the_lower_index_like_cpu(ops, dtype, h):
     # Similarities are multiples of 1/16: massive exact ties, bitwise equal on both devices.
-    za, zc, a_ids, c_ids = make_problem(300, n_classes=3, d=5, seed=h, dtype=dtype,
-                                        quantized=True)
+    za, zc, a_ids, c_ids = make_problem(300, n_classes=3, d=5, seed=h, dtype=dtype, quantized=True)
     stats_cuda, state_cuda = hard_with_state(za, zc, a_ids, c_ids, "cuda", h, True, True)
     stats_cpu, state_cpu = hard_with_state(za, zc, a_ids, c_ids, "cpu", h, True, True)
     torch.testing.assert_close(state_cuda[..., :4], state_cpu[..., :4], atol=0, rtol=0)
@@ -211,8 +239,7 @@ def test_nan_rows_match_cpu(ops, selected):
     za, zc, a_ids, c_ids = make_problem(20, seed=6)
     zc = zc.clone()
     zc[3, 2] = float("nan")  # every anchor pairing with candidate 3 gets NaN sums
-    fn = (hard_fn(ops, a_ids, c_ids, 4, True, True) if selected
-          else pair_sums_fn(ops, a_ids, c_ids))
+    fn = hard_fn(ops, a_ids, c_ids, 4, True, True) if selected else pair_sums_fn(ops, a_ids, c_ids)
     out_cuda = fn(*on("cuda", za, zc)).cpu()
     out_cpu = fn(za, zc)
     assert out_cpu.isnan().any() and not out_cpu[..., 2].isnan().any()
@@ -239,8 +266,9 @@ def test_half_precision_error_at_most_twice_the_reference(ops, dtype, op):
     calls = {
         "similarity": lambda impl: lambda x, y: impl.similarity(x, y),
         "pair_sums": lambda impl: lambda x, y: impl.pair_sums(x, y, a, c, ALL_MODES, TARGETS),
-        "hard_pair_sums": lambda impl: lambda x, y: impl.hard_pair_sums(
-            x, y, a, c, ALL_MODES, TARGETS, 12, 1.0, True, True),
+        "hard_pair_sums": lambda impl: (
+            lambda x, y: impl.hard_pair_sums(x, y, a, c, ALL_MODES, TARGETS, 12, 1.0, True, True)
+        ),
     }
     exact = values_and_grads(calls[op](reference), za.float(), zc.float(), "cuda")
     kernel = values_and_grads(calls[op](ops), za, zc, "cuda")
@@ -256,33 +284,59 @@ def test_half_precision_error_at_most_twice_the_reference(ops, dtype, op):
 def opcheck_cases():
     za, zc, a_ids, c_ids = make_problem(10, seed=8)
     za, zc, a, c = on("cuda", za, zc, a_ids, c_ids)
-    x, y = on("cuda", torch.randn(5, 7, dtype=torch.float64), torch.randn(9, 7,
-                                                                       dtype=torch.float64))
+    x, y = on(
+        "cuda", torch.randn(5, 7, dtype=torch.float64), torch.randn(9, 7, dtype=torch.float64)
+    )
     leaf = lambda t: t.detach().requires_grad_()  # noqa: E731
     grad4 = torch.randn(za.shape[0], 3, 4, dtype=torch.float64, device="cuda")
-    _, state = torch.ops.hycon_ext.hard_pair_sums(za, zc, a, c, ALL_MODES, TARGETS, 3, 1.0,
-                                                  True, True)
+    _, state = torch.ops.hycon_ext.hard_pair_sums(
+        za, zc, a, c, ALL_MODES, TARGETS, 3, 1.0, True, True
+    )
     lib = torch.ops.hycon_ext
     x_l, x_a, x_v = on("cuda", *torch.randn(3, 6, 4, dtype=torch.float64))
     labels = torch.tensor([0, 1, 0, 2, 1, 0], device="cuda")
     loss_args = (0.8, [1.0, 0.5, 2.0], 1, 1.0, True, True, True, True)
-    _, _, _, _, z, terms, stats, loss_state, sim = lib.loss_values(x_l, x_a, x_v, labels,
-                                                                   *loss_args)
+    _, _, _, _, z, terms, stats, loss_state, sim = lib.loss_values(
+        x_l, x_a, x_v, labels, *loss_args
+    )
     assert sim.numel() == 0  # kept on CPU only
     return [
         (lib.loss_values.default, (leaf(x_l), leaf(x_a), leaf(x_v), labels, *loss_args)),
-        (lib.loss_values_backward.default,
-         (torch.randn(4, dtype=torch.float64, device="cuda"), labels, z, 0.8, [1.0, 0.5, 2.0],
-          1.0, True, True, True, True, terms, stats, loss_state, sim, torch.float64)),
+        (
+            lib.loss_values_backward.default,
+            (
+                torch.randn(4, dtype=torch.float64, device="cuda"),
+                labels,
+                z,
+                0.8,
+                [1.0, 0.5, 2.0],
+                1.0,
+                True,
+                True,
+                True,
+                True,
+                terms,
+                stats,
+                loss_state,
+                sim,
+                torch.float64,
+            ),
+        ),
         (lib.similarity.default, (leaf(x), leaf(y))),
-        (lib.similarity_backward.default, (torch.randn(5, 9, dtype=torch.float64,
-                                                       device="cuda"), x, y)),
+        (
+            lib.similarity_backward.default,
+            (torch.randn(5, 9, dtype=torch.float64, device="cuda"), x, y),
+        ),
         (lib.pair_sums.default, (leaf(za), leaf(zc), a, c, ALL_MODES, TARGETS)),
         (lib.pair_sums_backward.default, (grad4, za, zc, a, c, ALL_MODES, TARGETS)),
-        (lib.hard_pair_sums.default, (leaf(za), leaf(zc), a, c, ALL_MODES, TARGETS, 3, 1.0,
-                                      True, False)),
-        (lib.hard_pair_sums_backward.default, (grad4, za, zc, a, c, ALL_MODES, TARGETS, 1.0,
-                                               True, True, state)),
+        (
+            lib.hard_pair_sums.default,
+            (leaf(za), leaf(zc), a, c, ALL_MODES, TARGETS, 3, 1.0, True, False),
+        ),
+        (
+            lib.hard_pair_sums_backward.default,
+            (grad4, za, zc, a, c, ALL_MODES, TARGETS, 1.0, True, True, state),
+        ),
     ]
 
 
@@ -314,11 +368,21 @@ def test_loss_ext_matches_reference_on_cuda(ops, dtype, pair_selection):
 # without selection; it is read on every call, so these tests compare both paths in one process.
 
 FUSED_ENV = "HYCON_CUDA_FUSED"
-LOSS_ARGS = dict(alpha=0.8, lambdas=[0.7, 1.3, 2.0], h=1, gamma=1.0, select_pos=True,
-                 select_neg=True, selection=False, refinement=True)
+LOSS_ARGS = dict(
+    alpha=0.8,
+    lambdas=[0.7, 1.3, 2.0],
+    h=1,
+    gamma=1.0,
+    select_pos=True,
+    select_neg=True,
+    selection=False,
+    refinement=True,
+)
 # Output dtypes of the inputs: half precision gradients are rounded once to their dtype.
-HALF_TOLERANCES = {torch.float16: dict(atol=2e-3, rtol=2e-3),
-                   torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2)}
+HALF_TOLERANCES = {
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
 
 
 @pytest.fixture
@@ -333,8 +397,9 @@ def path(request, monkeypatch):
 
 def loss_inputs(k, d, seed, dtype=torch.float64, n_classes=3, scale=2.0):
     gen = torch.Generator().manual_seed(SEED + seed)
-    xs = [(scale * torch.randn(k, d, generator=gen, dtype=torch.float64)).to(dtype)
-          for _ in range(3)]
+    xs = [
+        (scale * torch.randn(k, d, generator=gen, dtype=torch.float64)).to(dtype) for _ in range(3)
+    ]
     labels = torch.randint(0, n_classes, (k,), generator=gen)
     grad_losses = torch.randn(4, generator=gen, dtype=torch.float64)
     return xs, labels, grad_losses
@@ -345,10 +410,18 @@ def loss_step(xs, labels, grad_losses, device, **overrides):
     all on the CPU; grad_losses weights (total, scl, iamcl, iemcl)."""
     args = dict(LOSS_ARGS, **overrides)
     leaves = on(device, *xs, grad=True)
-    out = torch.ops.hycon_ext.loss_values(*leaves, labels.to(device), args["alpha"],
-                                          args["lambdas"], args["h"], args["gamma"],
-                                          args["select_pos"], args["select_neg"],
-                                          args["selection"], args["refinement"])
+    out = torch.ops.hycon_ext.loss_values(
+        *leaves,
+        labels.to(device),
+        args["alpha"],
+        args["lambdas"],
+        args["h"],
+        args["gamma"],
+        args["select_pos"],
+        args["select_neg"],
+        args["selection"],
+        args["refinement"],
+    )
     losses = torch.stack(out[:4])
     grads = torch.autograd.grad((losses * grad_losses.to(device, losses.dtype)).sum(), leaves)
     return (losses.detach().cpu(), out[5].cpu(), out[6].cpu(), *(g.cpu() for g in grads))
@@ -357,32 +430,40 @@ def loss_step(xs, labels, grad_losses, device, **overrides):
 def assert_steps_close(got, expected, tol, equal_nan=False):
     """Like assert_close, with atol at least rtol x the expected tensor's largest entry (see
     scaled_tolerance), in every dtype."""
-    for name, g, e in zip(["losses", "terms", "stats", "grad_l", "grad_a", "grad_v"], got,
-                          expected):
+    for name, g, e in zip(
+        ["losses", "terms", "stats", "grad_l", "grad_a", "grad_v"], got, expected
+    ):
         largest = e.double().abs().nan_to_num(0.0).max().item() if e.numel() else 0.0
-        torch.testing.assert_close(g.double(), e.double(), equal_nan=equal_nan,
-                                   msg=lambda m, name=name: f"{name}: {m}",
-                                   atol=max(tol["atol"], tol["rtol"] * largest),
-                                   rtol=tol["rtol"])
+        torch.testing.assert_close(
+            g.double(),
+            e.double(),
+            equal_nan=equal_nan,
+            msg=lambda m, name=name: f"{name}: {m}",
+            atol=max(tol["atol"], tol["rtol"] * largest),
+            rtol=tol["rtol"],
+        )
 
 
 @pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
-                         ids=dtype_id)
-@pytest.mark.parametrize("k,d,refinement", [
-    (1, 1, True),
-    (5, 50, True),
-    (70, 64, False),   # 210 rows: tiles of 64 and 32 do not divide them
-    (100, 200, True),
-    (30, 256, True),
-    (250, 50, True),   # 750 rows: several candidate-tile splits
-])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=dtype_id
+)
+@pytest.mark.parametrize(
+    "k,d,refinement",
+    [
+        (1, 1, True),
+        (5, 50, True),
+        (70, 64, False),  # 210 rows: tiles of 64 and 32 do not divide them
+        (100, 200, True),
+        (30, 256, True),
+        (250, 50, True),  # 750 rows: several candidate-tile splits
+    ],
+)
 def test_loss_values_cuda_matches_cpu_and_float64(ops, path, dtype, k, d, refinement):
     xs, labels, grad_losses = loss_inputs(k, d, seed=k + d, dtype=dtype)
     got = loss_step(xs, labels, grad_losses, "cuda", refinement=refinement)
     cpu = loss_step(xs, labels, grad_losses, "cpu", refinement=refinement)
-    exact = loss_step([x.double() for x in xs], labels, grad_losses, "cpu",
-                      refinement=refinement)
+    exact = loss_step([x.double() for x in xs], labels, grad_losses, "cpu", refinement=refinement)
     for t, c in zip(got, cpu):
         assert t.dtype == c.dtype and t.shape == c.shape
     if dtype in HALF_TOLERANCES:
@@ -393,8 +474,9 @@ def test_loss_values_cuda_matches_cpu_and_float64(ops, path, dtype, k, d, refine
         assert_steps_close(got[3:], exact[3:], HALF_TOLERANCES[dtype])
     else:
         assert_steps_close(got, cpu, TOLERANCES[dtype])
-        assert_steps_close(got, exact, dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32
-                           else TOLERANCES[dtype])
+        assert_steps_close(
+            got, exact, dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else TOLERANCES[dtype]
+        )
 
 
 @pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
@@ -435,9 +517,20 @@ def test_loss_values_gradcheck_on_cuda(ops, path):
     a = LOSS_ARGS
 
     def fn(x_l, x_a, x_v):
-        out = torch.ops.hycon_ext.loss_values(x_l, x_a, x_v, lab, a["alpha"], a["lambdas"],
-                                              a["h"], a["gamma"], a["select_pos"],
-                                              a["select_neg"], False, a["refinement"])
+        out = torch.ops.hycon_ext.loss_values(
+            x_l,
+            x_a,
+            x_v,
+            lab,
+            a["alpha"],
+            a["lambdas"],
+            a["h"],
+            a["gamma"],
+            a["select_pos"],
+            a["select_neg"],
+            False,
+            a["refinement"],
+        )
         return out[:4]
 
     assert torch.autograd.gradcheck(fn, (x_l, x_a, x_v))
@@ -450,16 +543,40 @@ def test_loss_values_opcheck_on_cuda(ops, path, dtype):
     leaves = on("cuda", *xs, grad=True)
     lab = labels.cuda()
     a = LOSS_ARGS
-    args = (a["alpha"], a["lambdas"], a["h"], a["gamma"], a["select_pos"], a["select_neg"],
-            False, a["refinement"])
+    args = (
+        a["alpha"],
+        a["lambdas"],
+        a["h"],
+        a["gamma"],
+        a["select_pos"],
+        a["select_neg"],
+        False,
+        a["refinement"],
+    )
     lib = torch.ops.hycon_ext
     torch.library.opcheck(lib.loss_values.default, (*leaves, lab, *args))
     _, _, _, _, z, terms, stats, state, sim = lib.loss_values(*leaves, lab, *args)
     grad_losses = torch.randn(4, dtype=dtype, device="cuda")
-    torch.library.opcheck(lib.loss_values_backward.default,
-                          (grad_losses, lab, z, a["alpha"], a["lambdas"], a["gamma"],
-                           a["select_pos"], a["select_neg"], False, a["refinement"], terms,
-                           stats, state, sim, dtype))
+    torch.library.opcheck(
+        lib.loss_values_backward.default,
+        (
+            grad_losses,
+            lab,
+            z,
+            a["alpha"],
+            a["lambdas"],
+            a["gamma"],
+            a["select_pos"],
+            a["select_neg"],
+            False,
+            a["refinement"],
+            terms,
+            stats,
+            state,
+            sim,
+            dtype,
+        ),
+    )
 
 
 @pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
@@ -500,9 +617,18 @@ def test_fused_step_captures_in_a_cuda_graph(ops, monkeypatch, k, d):
     weights = torch.zeros(4, device="cuda")
 
     def step():
-        out = torch.ops.hycon_ext.loss_values(*static, labels, a["alpha"], a["lambdas"],
-                                              a["h"], a["gamma"], True, True, False,
-                                              a["refinement"])
+        out = torch.ops.hycon_ext.loss_values(
+            *static,
+            labels,
+            a["alpha"],
+            a["lambdas"],
+            a["h"],
+            a["gamma"],
+            True,
+            True,
+            False,
+            a["refinement"],
+        )
         losses = torch.stack(out[:4])
         return (losses, *torch.autograd.grad((losses * weights).sum(), static))
 
@@ -538,8 +664,13 @@ def test_memory_of_four_modalities_moves_to_cuda_and_matches_cpu(ops, pair_selec
     from hycon_ext import HyConLoss
 
     gen = torch.Generator().manual_seed(SEED + 60)
-    batches = [([torch.randn(5, 6, generator=gen, dtype=torch.float64) for _ in range(4)],
-                torch.randint(0, 3, (5,), generator=gen)) for _ in range(3)]
+    batches = [
+        (
+            [torch.randn(5, 6, generator=gen, dtype=torch.float64) for _ in range(4)],
+            torch.randint(0, 3, (5,), generator=gen),
+        )
+        for _ in range(3)
+    ]
     options = dict(memory_size=7, backend="ext", pair_selection=pair_selection, beta=0.3)
     cpu = HyConLoss(**options)
     cpu(*batches[0][0], batches[0][1])

@@ -86,11 +86,14 @@ def _run_loss_cases(rank, backends):
             part = _local_slice(sizes, rank)
             for scale in (True, False):
                 xs = [x[m, part].clone().requires_grad_() for m in range(3)]
-                out = hycon_loss_distributed(*xs, labels[part], scale_for_ddp=scale,
-                                             backend=backend, **options)
+                out = hycon_loss_distributed(
+                    *xs, labels[part], scale_for_ddp=scale, backend=backend, **options
+                )
                 out.total.backward()
                 results[(backend, name, scale)] = (
-                    [getattr(out, t).item() for t in TERMS], [v.grad for v in xs])
+                    [getattr(out, t).item() for t in TERMS],
+                    [v.grad for v in xs],
+                )
     return results
 
 
@@ -102,8 +105,7 @@ def _run_ddp_cases(rank, backend):
         x, labels = _global_batch(sizes, d, seed, name)
         model = nn.parallel.DistributedDataParallel(_Heads(d, seed))
         part = _local_slice(sizes, rank)
-        out = hycon_loss_distributed(*model(x[:, part]), labels[part], backend=backend,
-                                     **options)
+        out = hycon_loss_distributed(*model(x[:, part]), labels[part], backend=backend, **options)
         out.total.backward()  # DDP averages the parameter gradients over the ranks
         results[name] = [p.grad for p in model.parameters()]
     return results
@@ -113,8 +115,13 @@ def _run_ddp_cases(rank, backend):
 # fills, wraps and holds the gathered global batches; two modalities summed.
 MEMORY_CASES = {
     "memory": (3, [(3, 4), (4, 2), (2, 3)], 4, 11, dict(memory_size=9)),
-    "memory_selection": (3, [(3, 4), (4, 2), (2, 3)], 4, 12,
-                         dict(memory_size=9, pair_selection=True, beta=0.3)),
+    "memory_selection": (
+        3,
+        [(3, 4), (4, 2), (2, 3)],
+        4,
+        12,
+        dict(memory_size=9, pair_selection=True, beta=0.3),
+    ),
     "two_modalities_sum": (2, [(4, 3)], 5, 13, dict(reduction="sum", pair_selection=True)),
 }
 
@@ -123,8 +130,14 @@ def _memory_steps(name):
     """[(global xs, labels, per-rank sizes)] of every step of a MEMORY_CASES entry."""
     n_mod, steps, d, seed, _ = MEMORY_CASES[name]
     generator = torch.Generator().manual_seed(seed)
-    return [(2.0 * torch.randn(n_mod, sum(sizes), d, generator=generator, dtype=torch.float64),
-             torch.randint(0, 3, (sum(sizes),), generator=generator), sizes) for sizes in steps]
+    return [
+        (
+            2.0 * torch.randn(n_mod, sum(sizes), d, generator=generator, dtype=torch.float64),
+            torch.randint(0, 3, (sum(sizes),), generator=generator),
+            sizes,
+        )
+        for sizes in steps
+    ]
 
 
 def _run_memory_cases(rank, backends):
@@ -149,9 +162,15 @@ def _run_train_utils(rank, ctx):
     sampler = tdist.eval_sampler(range(n), ctx)
     shard = torch.tensor(list(sampler))
     gathered, doubled = tdist.gather_tensors(shard, 2 * shard, ctx=ctx)
-    return dict(shard_len=len(sampler), gathered=gathered, doubled=doubled,
-                weight=tdist.batch_weight(rank + 3, ctx), objects=tdist.gather_objects(("r", rank), ctx),
-                mean=tdist.reduce_mean(rank + 1, rank + 2, ctx), main=tdist.is_main(ctx))
+    return dict(
+        shard_len=len(sampler),
+        gathered=gathered,
+        doubled=doubled,
+        weight=tdist.batch_weight(rank + 3, ctx),
+        objects=tdist.gather_objects(("r", rank), ctx),
+        mean=tdist.reduce_mean(rank + 1, rank + 2, ctx),
+        main=tdist.is_main(ctx),
+    )
 
 
 def _run_gather(rank):
@@ -174,8 +193,13 @@ def _run_bad_input(rank):
 
 def _worker(rank, port, backends, out_dir):
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     ctx = tdist.init_from_env(backend="gloo")
     results = dict(
         ctx=(ctx.rank, ctx.world_size, ctx.backend),
@@ -251,8 +275,9 @@ def test_module_with_memory_matches_single_process(ranks, backend, name):
         xs = [x[m].clone().requires_grad_() for m in range(n_mod)]
         out = module(*xs, labels)
         out.total.backward()
-        expected.append((torch.tensor([getattr(out, t).item() for t in TERMS]),
-                         [v.grad for v in xs], sizes))
+        expected.append(
+            (torch.tensor([getattr(out, t).item() for t in TERMS]), [v.grad for v in xs], sizes)
+        )
     for rank, result in enumerate(ranks):
         steps, state = result["memory"][(backend, name)]
         for (values, grads), (want, want_grads, sizes) in zip(steps, expected, strict=True):
@@ -303,7 +328,9 @@ def test_eval_shards_gather_to_whole_split_in_order(ranks):
         assert r["utils"]["doubled"].tolist() == [2 * i for i in range(7)]
 
 
-@pytest.mark.parametrize("n", [24, 29, 25])  # full batches only; a last one split 3/2; one of 1: dropped
+@pytest.mark.parametrize(
+    "n", [24, 29, 25]
+)  # full batches only; a last one split 3/2; one of 1: dropped
 def test_sharded_batches_are_the_single_process_global_batches(n):
     batch, world = 4, 2
 
@@ -313,12 +340,17 @@ def test_sharded_batches_are_the_single_process_global_batches(n):
         return list(batches), len(batches)
 
     (shards0, len0), (shards1, len1) = rank_batches(0), rank_batches(1)
-    single = BatchSampler(RandomSampler(range(n), generator=torch.Generator().manual_seed(7)),
-                          batch * world, drop_last=False)
+    single = BatchSampler(
+        RandomSampler(range(n), generator=torch.Generator().manual_seed(7)),
+        batch * world,
+        drop_last=False,
+    )
     expected = [b for b in single if len(b) >= world]
     assert len0 == len1 == len(shards0) == len(shards1) == len(expected)
     assert [a + b for a, b in zip(shards0, shards1)] == expected
-    assert all(len(a) == batch for a in shards0[:-1]) and abs(len(shards0[-1]) - len(shards1[-1])) <= 1
+    assert (
+        all(len(a) == batch for a in shards0[:-1]) and abs(len(shards0[-1]) - len(shards1[-1])) <= 1
+    )
 
 
 def test_sharded_batches_reshuffle_each_pass_and_check_arguments():

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
+from oracle import oracle_grad, oracle_loss
 
 import hycon_ext
 from hycon_ext import HyConLoss, hycon_loss, hycon_terms, loss, pairs, reference, terms_to_output
-from oracle import oracle_grad, oracle_loss
 
 TERMS = ("total", "scl", "iamcl", "iemcl")
 
@@ -23,8 +23,7 @@ VALUE_CASES = [
     (10, 5, "random", 5, dict(pair_selection=True, beta=0.35, gamma=0.3)),
     (8, 4, "random", 6, dict(pair_selection=True, select_positives=False)),
     (8, 4, "random", 7, dict(pair_selection=True, select_negatives=False)),
-    (8, 4, "random", 8, dict(pair_selection=True, select_positives=False,
-                             select_negatives=False)),
+    (8, 4, "random", 8, dict(pair_selection=True, select_positives=False, select_negatives=False)),
     (6, 4, "random", 9, dict(pair_selection=True, refinement=False, alpha=1.0)),
     (5, 4, "random", 10, dict(pair_selection=True, beta=1.0)),  # h = K > any pair count
     (1, 4, "random", 11, {}),
@@ -57,8 +56,7 @@ GRAD_CASES = [
     (5, 4, "random", 21, dict(alpha=0.5, lambdas=(2.0, 0.5, 1.0), refinement=False)),
     (6, 3, "random", 22, dict(pair_selection=True, beta=0.4)),
     (6, 3, "two_classes", 23, dict(pair_selection=True, beta=0.4, select_negatives=False)),
-    (6, 3, "random", 24, dict(pair_selection=True, beta=0.4, select_positives=False,
-                              gamma=0.5)),
+    (6, 3, "random", 24, dict(pair_selection=True, beta=0.4, select_positives=False, gamma=0.5)),
     (4, 3, "all_equal", 25, dict(pair_selection=True, beta=0.5)),
 ]
 
@@ -70,8 +68,9 @@ def test_gradients_match_oracle(backend, make_batch, k, d, pattern, seed, option
     grads = torch.autograd.grad(out.total, (x_l, x_a, x_v))
     expected = oracle_grad(x_l.detach(), x_a.detach(), x_v.detach(), labels.tolist(), **options)
     for grad, want in zip(grads, expected):
-        torch.testing.assert_close(grad, torch.tensor(want, dtype=torch.float64),
-                                   rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(
+            grad, torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-8
+        )
 
 
 @pytest.mark.parametrize("term", ["scl", "iamcl", "iemcl"])
@@ -80,11 +79,13 @@ def test_each_term_gradient_matches_oracle(backend, make_batch, term):
     x_l, x_a, x_v, labels = make_batch(4, 3, "random", 30)
     out = hycon_loss(x_l, x_a, x_v, labels, backend=backend, **options)
     grads = torch.autograd.grad(getattr(out, term), (x_l, x_a, x_v))
-    expected = oracle_grad(x_l.detach(), x_a.detach(), x_v.detach(), labels.tolist(),
-                           term=term, **options)
+    expected = oracle_grad(
+        x_l.detach(), x_a.detach(), x_v.detach(), labels.tolist(), term=term, **options
+    )
     for grad, want in zip(grads, expected):
-        torch.testing.assert_close(grad, torch.tensor(want, dtype=torch.float64),
-                                   rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(
+            grad, torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-8
+        )
 
 
 def test_float32_matches_oracle(backend, make_batch):
@@ -123,8 +124,14 @@ def test_nan_and_inf_inputs_propagate(backend, make_batch, bad):
 
 
 def test_module_matches_function(backend, make_batch):
-    options = dict(alpha=0.7, beta=0.4, gamma=0.5, lambdas=(1.0, 0.5, 0.25),
-                   pair_selection=True, select_negatives=False)
+    options = dict(
+        alpha=0.7,
+        beta=0.4,
+        gamma=0.5,
+        lambdas=(1.0, 0.5, 0.25),
+        pair_selection=True,
+        select_negatives=False,
+    )
     batch = make_batch(7, 5)
     module = HyConLoss(backend=backend, **options)
     assert isinstance(module, torch.nn.Module)
@@ -141,8 +148,10 @@ def test_terms_split_over_anchor_shards_give_the_loss(backend, make_batch, pair_
     z = torch.softmax(torch.cat((x_l, x_a, x_v)), -1)
     ids = pairs.row_descriptors(labels, 3)
     shards = [torch.arange(0, 24, 2), torch.arange(1, 24, 2)]
-    parts = [hycon_terms(z[rows], z, ids[rows], ids, n_samples=8, backend=backend, **options)
-             for rows in shards]
+    parts = [
+        hycon_terms(z[rows], z, ids[rows], ids, n_samples=8, backend=backend, **options)
+        for rows in shards
+    ]
     merged = loss.HyConTerms(sum(p.sums for p in parts), sum(p.counts for p in parts))
     lambdas = (0.3, 0.6, 0.9)
     out = terms_to_output(merged, lambdas)
@@ -166,6 +175,7 @@ def test_compiled_ext_loss_matches_eager(ext_ops, make_batch):
 
 def _fake_ops(available, calls):
     """Stands in for hycon_ext.ops: records calls and computes with the reference twins."""
+
     def loss_values(*args):
         calls.append(("loss_values", args[10]))  # args[10]: selection
         return reference.loss_values(*args)
@@ -284,14 +294,16 @@ def test_public_names():
     assert loss.HyConOutput._fields == ("total", "scl", "iamcl", "iemcl")
 
 
-@pytest.mark.parametrize("pair_selection, expected", [
-    (False, (-0.660926, 0.073681, -0.330771, -0.403836)),
-    (True, (-0.612849, 0.073681, -0.330771, -0.355759)),
-])
+@pytest.mark.parametrize(
+    "pair_selection, expected",
+    [
+        (False, (-0.660926, 0.073681, -0.330771, -0.403836)),
+        (True, (-0.612849, 0.073681, -0.330771, -0.355759)),
+    ],
+)
 def test_worked_example_of_the_docs(backend, pair_selection, expected):
     # docs/losses.md "Worked example": similarities 0.375, 0.5 and 0.625 only.
     u, e, w = [math.log(3), 0.0], [0.0, 0.0], [0.0, math.log(3)]
     xs = [torch.tensor(rows, dtype=torch.float64) for rows in ([u, u, w], [e, u, w], [w, e, w])]
-    out = hycon_loss(*xs, torch.tensor([0, 0, 1]), backend=backend,
-                     pair_selection=pair_selection)
+    out = hycon_loss(*xs, torch.tensor([0, 0, 1]), backend=backend, pair_selection=pair_selection)
     assert [round(t.item(), 6) for t in out] == list(expected)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from oracle import oracle_grad_multi, oracle_loss_multi
 
 from hycon_ext import HyConLoss, hycon_loss, hycon_loss_multi, hycon_terms, pairs, terms_to_output
-from oracle import oracle_grad_multi, oracle_loss_multi
 
 TERMS = ("total", "scl", "iamcl", "iemcl")
 SELECTION = dict(pair_selection=True, beta=0.4, gamma=0.5)
@@ -12,10 +12,15 @@ SELECTION = dict(pair_selection=True, beta=0.4, gamma=0.5)
 
 def _batch(n_mod, k, d, seed, pattern="random"):
     generator = torch.Generator().manual_seed(seed)
-    xs = [(2.0 * torch.randn(k, d, generator=generator, dtype=torch.float64)).requires_grad_()
-          for _ in range(n_mod)]
-    labels = (torch.randint(0, 3, (k,), generator=generator) if pattern == "random"
-              else torch.arange(k) % 2)
+    xs = [
+        (2.0 * torch.randn(k, d, generator=generator, dtype=torch.float64)).requires_grad_()
+        for _ in range(n_mod)
+    ]
+    labels = (
+        torch.randint(0, 3, (k,), generator=generator)
+        if pattern == "random"
+        else torch.arange(k) % 2
+    )
     return xs, labels
 
 
@@ -26,25 +31,35 @@ def _check_against_oracle(out, xs, labels, options):
         assert value == pytest.approx(expected[name], rel=1e-10, abs=1e-12), name
 
 
-@pytest.mark.parametrize("options", [{}, dict(SELECTION, lambdas=(0.5, 2.0, 1.5)),
-                                     dict(reduction="sum", alpha=0.6),
-                                     dict(SELECTION, reduction="sum", select_positives=False)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        dict(SELECTION, lambdas=(0.5, 2.0, 1.5)),
+        dict(reduction="sum", alpha=0.6),
+        dict(SELECTION, reduction="sum", select_positives=False),
+    ],
+)
 @pytest.mark.parametrize("n_mod", [2, 3, 4])
 def test_multi_values_match_oracle(backend, n_mod, options):
     xs, labels = _batch(n_mod, 7, 4, seed=n_mod)
-    _check_against_oracle(hycon_loss_multi(xs, labels, backend=backend, **options), xs, labels,
-                          options)
+    _check_against_oracle(
+        hycon_loss_multi(xs, labels, backend=backend, **options), xs, labels, options
+    )
 
 
-@pytest.mark.parametrize("n_mod, options", [(2, SELECTION), (4, dict(reduction="sum")),
-                                            (3, dict(SELECTION, reduction="sum"))])
+@pytest.mark.parametrize(
+    "n_mod, options",
+    [(2, SELECTION), (4, dict(reduction="sum")), (3, dict(SELECTION, reduction="sum"))],
+)
 def test_multi_gradients_match_oracle(backend, n_mod, options):
     xs, labels = _batch(n_mod, 4, 3, seed=10 + n_mod, pattern="two_classes")
     grads = torch.autograd.grad(hycon_loss_multi(xs, labels, backend=backend, **options).total, xs)
     expected = oracle_grad_multi([x.detach().tolist() for x in xs], labels.tolist(), **options)
     for grad, want in zip(grads, expected, strict=True):
-        torch.testing.assert_close(grad, torch.tensor(want, dtype=torch.float64),
-                                   rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(
+            grad, torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-8
+        )
 
 
 @pytest.mark.parametrize("options", [{}, SELECTION])
@@ -71,16 +86,19 @@ def test_sum_is_mean_times_anchor_counts(backend):
     for name, count in counts.items():
         torch.testing.assert_close(getattr(total, name), getattr(mean, name) * count)
     summed = terms_to_output(terms, (1.0, 2.0, 3.0), reduction="sum")
-    torch.testing.assert_close(summed.total, terms.sums @ torch.tensor([1.0, 2.0, 3.0],
-                                                                       dtype=torch.float64))
+    torch.testing.assert_close(
+        summed.total, terms.sums @ torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    )
 
 
 def test_module_takes_any_number_of_modalities(backend):
     xs, labels = _batch(2, 6, 4, seed=40)
     module = HyConLoss(backend=backend, reduction="sum", **SELECTION)
     assert "reduction='sum'" in repr(module)
-    for a, b in zip(module(*xs, labels),
-                    hycon_loss_multi(xs, labels, backend=backend, reduction="sum", **SELECTION)):
+    for a, b in zip(
+        module(*xs, labels),
+        hycon_loss_multi(xs, labels, backend=backend, reduction="sum", **SELECTION),
+    ):
         assert torch.equal(a, b)
 
 

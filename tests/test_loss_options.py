@@ -1,12 +1,12 @@
 """check_options: every entry point of the loss refuses out-of-range options the same way,
 naming the argument; meta tensors get an error that says what is wrong."""
+
 import math
 
 import pytest
 import torch
 
-from hycon_ext import HyConLoss, HyConTerms, hycon_loss, hycon_terms, terms_to_output
-from hycon_ext import pairs
+from hycon_ext import HyConLoss, HyConTerms, hycon_loss, hycon_terms, pairs, terms_to_output
 from hycon_ext.distributed import hycon_loss_distributed
 from hycon_ext.loss import check_options
 
@@ -56,9 +56,17 @@ def test_every_entry_point_refuses_out_of_range_options(options, match):
             hycon_terms(z, z, ids, ids, n_samples=4, backend="reference", **options)
 
 
-@pytest.mark.parametrize("options", [dict(alpha=1.0), dict(alpha=1e-6), dict(beta=1.0),
-                                     dict(gamma=1e-3), dict(lambdas=(0.0, 0.0, 0.0)),
-                                     dict(lambdas=(2, 0, 3))])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(alpha=1.0),
+        dict(alpha=1e-6),
+        dict(beta=1.0),
+        dict(gamma=1e-3),
+        dict(lambdas=(0.0, 0.0, 0.0)),
+        dict(lambdas=(2, 0, 3)),
+    ],
+)
 def test_the_range_ends_that_belong_to_the_range_are_accepted(options):
     check_options(**options)
     out = hycon_loss(*_batch(), backend="reference", **options)
@@ -69,7 +77,9 @@ def test_meta_inputs_are_refused_naming_the_argument():
     x_l, x_a, x_v, labels = _batch()
     meta = [x.to("meta") for x in (x_l, x_a, x_v)]
     for backend in ("reference", "auto", "ext"):
-        with pytest.raises(ValueError, match="x_l: meta tensors are not supported by the eager loss"):
+        with pytest.raises(
+            ValueError, match="x_l: meta tensors are not supported by the eager loss"
+        ):
             hycon_loss(*meta, labels, backend=backend)
     with pytest.raises(ValueError, match="labels: meta tensors are not supported"):
         hycon_loss(x_l, x_a, x_v, labels.to("meta"), backend="reference")

@@ -4,9 +4,9 @@ import io
 
 import pytest
 import torch
+from oracle import oracle_grad_multi, oracle_loss_multi
 
 from hycon_ext import HyConLoss, hycon_loss, hycon_loss_multi
-from oracle import oracle_grad_multi, oracle_loss_multi
 
 TERMS = ("total", "scl", "iamcl", "iemcl")
 SELECTION = dict(pair_selection=True, beta=0.3, gamma=0.5)
@@ -14,9 +14,16 @@ SELECTION = dict(pair_selection=True, beta=0.3, gamma=0.5)
 
 def _batches(n_mod, sizes, d, seed):
     generator = torch.Generator().manual_seed(seed)
-    return [([(2.0 * torch.randn(k, d, generator=generator, dtype=torch.float64))
-              .requires_grad_() for _ in range(n_mod)],
-             torch.randint(0, 3, (k,), generator=generator)) for k in sizes]
+    return [
+        (
+            [
+                (2.0 * torch.randn(k, d, generator=generator, dtype=torch.float64)).requires_grad_()
+                for _ in range(n_mod)
+            ],
+            torch.randint(0, 3, (k,), generator=generator),
+        )
+        for k in sizes
+    ]
 
 
 def _expected_memory(batches, q):
@@ -46,12 +53,18 @@ def test_values_match_oracle_over_calls(backend, n_mod, sizes, q, options):
     for step, (xs, labels) in enumerate(batches):
         out = module(*xs, labels)
         rows, mem_labels = _expected_memory(batches[:step], q)
-        expected = oracle_loss_multi([x.tolist() for x in xs], labels.tolist(), memory_xs=rows,
-                                     memory_labels=mem_labels, **options)
+        expected = oracle_loss_multi(
+            [x.tolist() for x in xs],
+            labels.tolist(),
+            memory_xs=rows,
+            memory_labels=mem_labels,
+            **options,
+        )
         for name in TERMS:
-            assert getattr(out, name).item() == pytest.approx(expected[name], rel=1e-10,
-                                                              abs=1e-12), (step, name)
-        assert module.memory.filled() == min(q, sum(sizes[:step + 1]))
+            assert getattr(out, name).item() == pytest.approx(
+                expected[name], rel=1e-10, abs=1e-12
+            ), (step, name)
+        assert module.memory.filled() == min(q, sum(sizes[: step + 1]))
 
 
 @pytest.mark.parametrize("options", [{}, SELECTION])
@@ -60,8 +73,9 @@ def test_first_call_is_the_loss_without_memory(backend, options):
     first = HyConLoss(memory_size=10, backend=backend, **options)(*xs, labels)
     plain = hycon_loss(*xs, labels, backend=backend, **options)
     for name in TERMS:
-        torch.testing.assert_close(getattr(first, name), getattr(plain, name), rtol=1e-12,
-                                   atol=1e-14)
+        torch.testing.assert_close(
+            getattr(first, name), getattr(plain, name), rtol=1e-12, atol=1e-14
+        )
 
 
 @pytest.mark.parametrize("options", [dict(SELECTION, beta=0.5), dict(reduction="sum")])
@@ -75,11 +89,17 @@ def test_gradients_reach_the_batch_only_and_match_oracle(backend, options):
     xs, labels = batches[2]
     grads = torch.autograd.grad(module(*xs, labels).total, xs)
     rows, mem_labels = _expected_memory(batches[:2], 4)
-    expected = oracle_grad_multi([x.detach().tolist() for x in xs], labels.tolist(),
-                                 memory_xs=rows, memory_labels=mem_labels, **options)
+    expected = oracle_grad_multi(
+        [x.detach().tolist() for x in xs],
+        labels.tolist(),
+        memory_xs=rows,
+        memory_labels=mem_labels,
+        **options,
+    )
     for grad, want in zip(grads, expected, strict=True):
-        torch.testing.assert_close(grad, torch.tensor(want, dtype=torch.float64),
-                                   rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(
+            grad, torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-8
+        )
 
 
 # Positive weights are detached by design, so a finite-difference gradcheck selects negatives only
@@ -107,8 +127,9 @@ def test_same_samples_in_memory_are_other_samples(backend):
     first, second = module(*xs, labels), module(*xs, labels)
     torch.testing.assert_close(second.scl, first.scl, rtol=1e-12, atol=0)
     rows = [x.tolist() for x in xs]
-    expected = oracle_loss_multi(rows, labels.tolist(), memory_xs=rows,
-                                 memory_labels=labels.tolist())
+    expected = oracle_loss_multi(
+        rows, labels.tolist(), memory_xs=rows, memory_labels=labels.tolist()
+    )
     assert second.iemcl.item() == pytest.approx(expected["iemcl"], rel=1e-10)
     assert second.iemcl.item() != pytest.approx(first.iemcl.item())
 
@@ -136,7 +157,11 @@ def test_memory_moves_with_the_module_and_checks_its_layout():
     module = HyConLoss(memory_size=5, backend="reference")
     module(*batches[0][0], batches[0][1])
     assert {name for name, _ in module.named_buffers()} == {
-        "memory.rows", "memory.labels", "memory.count", "memory.pointer"}
+        "memory.rows",
+        "memory.labels",
+        "memory.count",
+        "memory.pointer",
+    }
     module.to(torch.float32)
     assert module.memory.rows.dtype == torch.float32
     assert module.memory.labels.dtype == torch.int64

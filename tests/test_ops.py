@@ -27,8 +27,9 @@ def make_labels(k, pattern, gen):
     return torch.randint(0, 3, (k,), generator=gen)
 
 
-def make_problem(k, n_modalities=3, d=6, pattern="random", seed=0, dtype=torch.float64,
-                 anchor_rows=None):
+def make_problem(
+    k, n_modalities=3, d=6, pattern="random", seed=0, dtype=torch.float64, anchor_rows=None
+):
     """Softmax-normalised rows with descriptors; anchors are a subset of the candidate rows."""
     gen = torch.Generator().manual_seed(seed)
     labels = make_labels(k, pattern, gen)
@@ -50,14 +51,13 @@ def compare(ext_fn, ref_fn, za, zc, atol=1e-10, rtol=1e-9, seed=1):
     out_e, out_r = ext_fn(za_e, zc_e), ref_fn(za_r, zc_r)
     assert out_e.dtype == (torch.float64 if za.dtype == torch.float64 else torch.float32)
     torch.testing.assert_close(out_e.double(), out_r, atol=atol, rtol=rtol, equal_nan=True)
-    weights = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(seed),
-                          dtype=torch.float64)
+    weights = torch.randn(
+        out_r.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     (out_e * weights.to(out_e.dtype)).sum().backward()
     (out_r * weights).sum().backward()
-    torch.testing.assert_close(za_e.grad.double(), za_r.grad, atol=atol, rtol=rtol,
-                               equal_nan=True)
-    torch.testing.assert_close(zc_e.grad.double(), zc_r.grad, atol=atol, rtol=rtol,
-                               equal_nan=True)
+    torch.testing.assert_close(za_e.grad.double(), za_r.grad, atol=atol, rtol=rtol, equal_nan=True)
+    torch.testing.assert_close(zc_e.grad.double(), zc_r.grad, atol=atol, rtol=rtol, equal_nan=True)
     return out_e
 
 
@@ -65,50 +65,86 @@ def run_pair_sums(module, a_ids, c_ids, modes=ALL_MODES, targets=TARGETS):
     return lambda za, zc: module.pair_sums(za, zc, a_ids, c_ids, modes, targets)
 
 
-def run_hard(module, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=ALL_MODES,
-             targets=TARGETS):
-    return lambda za, zc: module.hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma,
-                                                select_pos, select_neg)
+def run_hard(
+    module, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=ALL_MODES, targets=TARGETS
+):
+    return lambda za, zc: module.hard_pair_sums(
+        za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg
+    )
 
 
-def run_terms(module, a_ids, c_ids, selection, refinement, h=2, select_pos=True,
-              select_neg=True, gamma=1.0, modes=ALL_MODES, targets=TARGETS):
-    return lambda za, zc: module.pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma,
-                                            select_pos, select_neg, selection, refinement)
+def run_terms(
+    module,
+    a_ids,
+    c_ids,
+    selection,
+    refinement,
+    h=2,
+    select_pos=True,
+    select_neg=True,
+    gamma=1.0,
+    modes=ALL_MODES,
+    targets=TARGETS,
+):
+    return lambda za, zc: module.pair_terms(
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        modes,
+        targets,
+        h,
+        gamma,
+        select_pos,
+        select_neg,
+        selection,
+        refinement,
+    )
 
 
 # ---------------------------------------------------------------- values and gradients
 
 
-@pytest.mark.parametrize("k,n_modalities,pattern,seed", [
-    (1, 3, "random", 0),
-    (5, 3, "equal", 1),
-    (6, 3, "distinct", 2),
-    (9, 3, "random", 3),
-    (7, 2, "random", 4),
-    (6, 4, "random", 5),
-    (13, 3, "random", 6),
-])
+@pytest.mark.parametrize(
+    "k,n_modalities,pattern,seed",
+    [
+        (1, 3, "random", 0),
+        (5, 3, "equal", 1),
+        (6, 3, "distinct", 2),
+        (9, 3, "random", 3),
+        (7, 2, "random", 4),
+        (6, 4, "random", 5),
+        (13, 3, "random", 6),
+    ],
+)
 def test_pair_sums_matches_reference(k, n_modalities, pattern, seed):
     za, zc, a_ids, c_ids = make_problem(k, n_modalities, pattern=pattern, seed=seed)
     compare(run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids), za, zc)
 
 
 @pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
-@pytest.mark.parametrize("k,n_modalities,pattern,h,seed", [
-    (1, 3, "random", 1, 0),
-    (8, 3, "equal", 2, 1),
-    (8, 3, "distinct", 3, 2),
-    (12, 3, "random", 2, 3),
-    (10, 2, "random", 3, 4),
-    (7, 4, "random", 1, 5),
-    (9, 3, "random", 1000, 6),  # h larger than every candidate count: all pairs kept
-])
-def test_hard_pair_sums_matches_reference(k, n_modalities, pattern, h, seed, select_pos,
-                                          select_neg):
+@pytest.mark.parametrize(
+    "k,n_modalities,pattern,h,seed",
+    [
+        (1, 3, "random", 1, 0),
+        (8, 3, "equal", 2, 1),
+        (8, 3, "distinct", 3, 2),
+        (12, 3, "random", 2, 3),
+        (10, 2, "random", 3, 4),
+        (7, 4, "random", 1, 5),
+        (9, 3, "random", 1000, 6),  # h larger than every candidate count: all pairs kept
+    ],
+)
+def test_hard_pair_sums_matches_reference(
+    k, n_modalities, pattern, h, seed, select_pos, select_neg
+):
     za, zc, a_ids, c_ids = make_problem(k, n_modalities, pattern=pattern, seed=seed)
-    compare(run_hard(ops, a_ids, c_ids, h, select_pos, select_neg),
-            run_hard(reference, a_ids, c_ids, h, select_pos, select_neg), za, zc)
+    compare(
+        run_hard(ops, a_ids, c_ids, h, select_pos, select_neg),
+        run_hard(reference, a_ids, c_ids, h, select_pos, select_neg),
+        za,
+        zc,
+    )
 
 
 @pytest.mark.parametrize("hard", [False, True])
@@ -117,8 +153,10 @@ def test_rectangular_anchor_subset(hard):
     k = 11
     za, zc, a_ids, c_ids = make_problem(k, anchor_rows=torch.arange(0, 3 * k, 3), seed=7)
     if hard:
-        ext, ref = run_hard(ops, a_ids, c_ids, 2, True, True), run_hard(reference, a_ids,
-                                                                        c_ids, 2, True, True)
+        ext, ref = (
+            run_hard(ops, a_ids, c_ids, 2, True, True),
+            run_hard(reference, a_ids, c_ids, 2, True, True),
+        )
     else:
         ext, ref = run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids)
     assert compare(ext, ref, za, zc).shape == (k, 3, 4)
@@ -127,25 +165,39 @@ def test_rectangular_anchor_subset(hard):
     labels = torch.randint(0, 2, (2 * k,), generator=torch.Generator().manual_seed(8))
     ids0, ids1 = row_descriptors(labels[:k], 3), row_descriptors(labels[k:], 3, sample_offset=k)
     z = torch.softmax(torch.randn(6 * k, 5, dtype=torch.float64), -1)
-    compare(run_hard(ops, ids0, ids1, 3, True, True), run_hard(reference, ids0, ids1, 3, True,
-                                                                  True), z[:3 * k], z[3 * k:])
+    compare(
+        run_hard(ops, ids0, ids1, 3, True, True),
+        run_hard(reference, ids0, ids1, 3, True, True),
+        z[: 3 * k],
+        z[3 * k :],
+    )
 
 
 def test_modes_subset_and_order():
     za, zc, a_ids, c_ids = make_problem(8, seed=9)
     modes, targets = [SAME_SAMPLE, INTRA], [0.5, 0.9]
-    compare(run_pair_sums(ops, a_ids, c_ids, modes, targets),
-            run_pair_sums(reference, a_ids, c_ids, modes, targets), za, zc)
-    compare(run_hard(ops, a_ids, c_ids, 2, True, True, 0.5, modes, targets),
-            run_hard(reference, a_ids, c_ids, 2, True, True, 0.5, modes, targets), za, zc)
+    compare(
+        run_pair_sums(ops, a_ids, c_ids, modes, targets),
+        run_pair_sums(reference, a_ids, c_ids, modes, targets),
+        za,
+        zc,
+    )
+    compare(
+        run_hard(ops, a_ids, c_ids, 2, True, True, 0.5, modes, targets),
+        run_hard(reference, a_ids, c_ids, 2, True, True, 0.5, modes, targets),
+        za,
+        zc,
+    )
 
 
 @pytest.mark.parametrize("hard", [False, True])
 def test_float32_close_to_float64_reference(hard):
     za, zc, a_ids, c_ids = make_problem(20, d=16, seed=10, dtype=torch.float32)
     if hard:
-        ext, ref = run_hard(ops, a_ids, c_ids, 4, True, True), run_hard(reference, a_ids,
-                                                                        c_ids, 4, True, True)
+        ext, ref = (
+            run_hard(ops, a_ids, c_ids, 4, True, True),
+            run_hard(reference, a_ids, c_ids, 4, True, True),
+        )
     else:
         ext, ref = run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids)
     compare(ext, ref, za, zc, atol=1e-5, rtol=1e-4)
@@ -164,8 +216,7 @@ def test_float32_vector_rows_match_scalar_rows_and_reference(k, anchors, hard):
     """float32 rows with modality runs of >= 16 take the vector loops (csrc/cpu/row_vectors.h):
     K = 37 leaves a tail of one per run. Against the float64 reference, and against the scalar
     loops on the same problem, NaN and inf similarities included."""
-    za, zc, a_ids, c_ids = make_problem(k, d=8, seed=12, dtype=torch.float32,
-                                        anchor_rows=anchors)
+    za, zc, a_ids, c_ids = make_problem(k, d=8, seed=12, dtype=torch.float32, anchor_rows=anchors)
     run = (lambda m, a, c: run_hard(m, a, c, 3, True, True)) if hard else run_pair_sums
     compare(run(ops, a_ids, c_ids), run(reference, a_ids, c_ids), za, zc, atol=1e-5, rtol=1e-4)
 
@@ -184,11 +235,14 @@ def test_float32_vector_rows_match_scalar_rows_and_reference(k, anchors, hard):
 def test_many_chunks():
     """M large enough that anchors are processed in several chunks of the workspace."""
     k, d = 45000, 3  # 135,000 candidates: the workspace holds 32 rows, so 3 chunks
-    za, zc, a_ids, c_ids = make_problem(k, d=d, seed=11, anchor_rows=torch.arange(0, 3 * k,
-                                                                                  1930))
+    za, zc, a_ids, c_ids = make_problem(k, d=d, seed=11, anchor_rows=torch.arange(0, 3 * k, 1930))
     assert za.shape[0] > 64
-    compare(run_hard(ops, a_ids, c_ids, 50, True, True), run_hard(reference, a_ids, c_ids, 50,
-                                                                  True, True), za, zc)
+    compare(
+        run_hard(ops, a_ids, c_ids, 50, True, True),
+        run_hard(reference, a_ids, c_ids, 50, True, True),
+        za,
+        zc,
+    )
 
 
 def test_ties_keep_lower_candidate_index():
@@ -202,9 +256,14 @@ def test_ties_keep_lower_candidate_index():
     sims = z @ z.T
     assert sims.unique().numel() < sims.numel() // 10  # plenty of ties
     for h, (select_pos, select_neg) in itertools.product([1, 2, 5], SELECTIONS):
-        compare(run_hard(ops, ids, ids, h, select_pos, select_neg),
-                run_hard(reference, ids, ids, h, select_pos, select_neg), z, z,
-                atol=1e-12, rtol=1e-12)
+        compare(
+            run_hard(ops, ids, ids, h, select_pos, select_neg),
+            run_hard(reference, ids, ids, h, select_pos, select_neg),
+            z,
+            z,
+            atol=1e-12,
+            rtol=1e-12,
+        )
 
 
 @pytest.mark.parametrize("hard", [False, True])
@@ -214,8 +273,10 @@ def test_nan_propagates(hard):
     za[2, 0] = float("nan")  # anchor 2: every pair NaN
     zc[9, 1] = float("nan")  # candidate 9: NaN in every anchor row that pairs with it
     if hard:
-        ext, ref = run_hard(ops, a_ids, c_ids, 2, True, True), run_hard(reference, a_ids,
-                                                                        c_ids, 2, True, True)
+        ext, ref = (
+            run_hard(ops, a_ids, c_ids, 2, True, True),
+            run_hard(reference, a_ids, c_ids, 2, True, True),
+        )
     else:
         ext, ref = run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids)
     stats = ext(za, zc)
@@ -230,10 +291,15 @@ TERMS_OPTIONS = [(False, True), (False, False), (True, True), (True, False)]
 @pytest.mark.parametrize("pattern", ["random", "equal", "distinct"])
 @pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
 def test_pair_terms_matches_reference(pattern, selection, refinement):
-    za, zc, a_ids, c_ids = make_problem(7, pattern=pattern, seed=20,
-                                        anchor_rows=torch.arange(0, 21, 3))
-    terms = compare(run_terms(ops, a_ids, c_ids, selection, refinement),
-                    run_terms(reference, a_ids, c_ids, selection, refinement), za, zc)
+    za, zc, a_ids, c_ids = make_problem(
+        7, pattern=pattern, seed=20, anchor_rows=torch.arange(0, 21, 3)
+    )
+    terms = compare(
+        run_terms(ops, a_ids, c_ids, selection, refinement),
+        run_terms(reference, a_ids, c_ids, selection, refinement),
+        za,
+        zc,
+    )
     assert terms.shape == (2, 3)
     if pattern == "distinct":  # no positive anywhere: INTRA and INTER terms are exactly 0
         assert terms[:, :2].eq(0).all()
@@ -243,10 +309,34 @@ def test_pair_terms_matches_reference(pattern, selection, refinement):
 @pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
 def test_pair_terms_selection_sides_and_float32(select_pos, select_neg):
     za, zc, a_ids, c_ids = make_problem(8, seed=21, dtype=torch.float32)
-    compare(run_terms(ops, a_ids, c_ids, True, True, h=3, select_pos=select_pos,
-                      select_neg=select_neg, gamma=0.7),
-            run_terms(reference, a_ids, c_ids, True, True, h=3, select_pos=select_pos,
-                      select_neg=select_neg, gamma=0.7), za, zc, atol=1e-5, rtol=1e-5)
+    compare(
+        run_terms(
+            ops,
+            a_ids,
+            c_ids,
+            True,
+            True,
+            h=3,
+            select_pos=select_pos,
+            select_neg=select_neg,
+            gamma=0.7,
+        ),
+        run_terms(
+            reference,
+            a_ids,
+            c_ids,
+            True,
+            True,
+            h=3,
+            select_pos=select_pos,
+            select_neg=select_neg,
+            gamma=0.7,
+        ),
+        za,
+        zc,
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_pair_terms_equals_stats_combined_by_the_reference():
@@ -255,8 +345,9 @@ def test_pair_terms_equals_stats_combined_by_the_reference():
     modes, targets = [SAME_SAMPLE, INTRA], [0.8, 1.0]  # any mode order
     stats = ops.hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, 2, 1.0, True, True)
     terms = ops.pair_terms(za, zc, a_ids, c_ids, modes, targets, 2, 1.0, True, True, True, True)
-    torch.testing.assert_close(terms, reference.terms_from_stats(stats, modes, True),
-                               atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        terms, reference.terms_from_stats(stats, modes, True), atol=1e-12, rtol=1e-12
+    )
 
 
 def test_pair_terms_zero_positive_sum_and_nan():
@@ -265,12 +356,16 @@ def test_pair_terms_zero_positive_sum_and_nan():
     k = 3
     zc = torch.eye(3 * k, dtype=torch.float64)
     c_ids = row_descriptors(torch.zeros(k, dtype=torch.int64), 3)
-    terms = ops.pair_terms(zc, zc, c_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True,
-                           False, True)
+    terms = ops.pair_terms(
+        zc, zc, c_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True, False, True
+    )
     assert torch.isfinite(terms).all()
     torch.testing.assert_close(
-        terms, reference.pair_terms(zc, zc, c_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True,
-                                    True, False, True))
+        terms,
+        reference.pair_terms(
+            zc, zc, c_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True, False, True
+        ),
+    )
     za, zc, a_ids, c_ids = make_problem(5, seed=23)
     za = za.clone()
     za[1, 0] = float("nan")
@@ -291,10 +386,23 @@ def test_pair_terms_cuda_matches_cpu(selection, refinement):
     compare(lambda a, c: gpu(a.cuda(), c.cuda()).cpu(), cpu, za, zc)
 
 
-def run_loss_values(module, labels, selection, refinement, select_pos=True, select_neg=True,
-                    alpha=0.7, lambdas=(0.5, 2.0, 1.5), h=2, gamma=0.6):
-    return lambda *xs: torch.stack(module.loss_values(
-        *xs, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection, refinement))
+def run_loss_values(
+    module,
+    labels,
+    selection,
+    refinement,
+    select_pos=True,
+    select_neg=True,
+    alpha=0.7,
+    lambdas=(0.5, 2.0, 1.5),
+    h=2,
+    gamma=0.6,
+):
+    return lambda *xs: torch.stack(
+        module.loss_values(
+            *xs, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection, refinement
+        )
+    )
 
 
 @pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
@@ -318,10 +426,12 @@ def test_loss_values_one_output_backward(make_batch, output):
     """Outputs that do not reach the result get no gradient (undefined in the C++ backward)."""
     *xs, labels = make_batch(6, 5, seed=26)
     ext_leaves, ref_leaves = leaves(*xs), leaves(*xs)
-    ops.loss_values(*ext_leaves, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, True,
-                    True)[output].backward()
-    reference.loss_values(*ref_leaves, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, True,
-                          True)[output].backward()
+    ops.loss_values(*ext_leaves, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, True, True)[
+        output
+    ].backward()
+    reference.loss_values(
+        *ref_leaves, labels, 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, True, True
+    )[output].backward()
     for x, x_ref in zip(ext_leaves, ref_leaves):
         torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-10, rtol=1e-9)
 
@@ -331,13 +441,13 @@ def test_loss_values_low_precision(make_batch, dtype):
     """Computed in float32 from the rounded inputs; gradients come back in the input dtype."""
     *xs, labels = make_batch(8, 5, seed=27, dtype=dtype)
     ext_leaves = leaves(*xs)
-    out = ops.loss_values(*ext_leaves, labels, 0.8, [1.0, 1.0, 1.0], 2, 1.0, True, True, True,
-                          True)
+    out = ops.loss_values(*ext_leaves, labels, 0.8, [1.0, 1.0, 1.0], 2, 1.0, True, True, True, True)
     assert all(t.dtype == torch.float32 for t in out)
     out[0].backward()
     ref_leaves = leaves(*(x.double() for x in xs))
-    ref = reference.loss_values(*ref_leaves, labels, 0.8, [1.0, 1.0, 1.0], 2, 1.0, True, True,
-                                True, True)
+    ref = reference.loss_values(
+        *ref_leaves, labels, 0.8, [1.0, 1.0, 1.0], 2, 1.0, True, True, True, True
+    )
     ref[0].backward()
     torch.testing.assert_close(torch.stack(out).double(), torch.stack(ref), atol=1e-5, rtol=1e-5)
     for x, x_ref in zip(ext_leaves, ref_leaves):
@@ -358,8 +468,17 @@ def test_loss_values_kept_similarities(make_batch, selection):
 
     def backward(kept):
         return hc.loss_values_backward(
-            torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=torch.float64), labels, z, *args[:2],
-            *args[3:], terms, stats, state, kept, torch.float64)
+            torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=torch.float64),
+            labels,
+            z,
+            *args[:2],
+            *args[3:],
+            terms,
+            stats,
+            state,
+            kept,
+            torch.float64,
+        )
 
     with_sim = backward(sim)
     for got in (backward(sim), backward(sim.new_empty(0))):  # again, then recomputed
@@ -383,8 +502,9 @@ def test_loss_values_does_not_keep_similarities_past_one_chunk():
     gen = torch.Generator().manual_seed(32)
     xs = [torch.randn(700, 3, generator=gen) for _ in range(3)]
     labels = torch.randint(0, 5, (700,), generator=gen)
-    out = torch.ops.hycon_ext.loss_values(*xs, labels, 0.8, [1.0] * 3, 1, 1.0, True, True,
-                                          False, True)
+    out = torch.ops.hycon_ext.loss_values(
+        *xs, labels, 0.8, [1.0] * 3, 1, 1.0, True, True, False, True
+    )
     assert out[-1].shape == (0,)
 
 
@@ -402,15 +522,17 @@ def test_loss_values_backward_matches_two_sided_pair_terms(k, selection):
     weights = torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=torch.float64)
 
     fused = leaves(*xs)
-    out = torch.stack(ops.loss_values(*fused, labels, alpha, lambdas, h, gamma, True, True,
-                                      selection, True))
+    out = torch.stack(
+        ops.loss_values(*fused, labels, alpha, lambdas, h, gamma, True, True, selection, True)
+    )
     (out * weights).sum().backward()
 
     split = leaves(*xs)
     z = torch.softmax(torch.cat(split), -1)
     ids = row_descriptors(labels, 3)
-    terms = ops.pair_terms(z, z, ids, ids, ALL_MODES, [1.0, alpha, alpha], h, gamma, True, True,
-                           selection, True)
+    terms = ops.pair_terms(
+        z, z, ids, ids, ALL_MODES, [1.0, alpha, alpha], h, gamma, True, True, selection, True
+    )
     out_split = torch.stack(reference.combine_terms(terms[0], terms[1], lambdas))
     (out_split * weights).sum().backward()
 
@@ -477,45 +599,101 @@ def _opcheck_cases(make_batch):
     za, zc = leaves(za, zc)
     n, n_modes = za.shape[0], len(ALL_MODES)
     grad_stats = torch.randn(n, n_modes, 4, dtype=torch.float64)
-    _, state = torch.ops.hycon_ext.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2,
-                                                  1.0, True, True)
+    _, state = torch.ops.hycon_ext.hard_pair_sums(
+        za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0, True, True
+    )
     x, y = leaves(torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64))
     hc = torch.ops.hycon_ext
     # The backward ops have no double backward: they are checked without requires_grad.
     xd, yd, zad, zcd = (t.detach() for t in (x, y, za, zc))
-    _, stats, hard_state = hc.pair_terms(zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0,
-                                         True, True, True, False)
+    _, stats, hard_state = hc.pair_terms(
+        zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0, True, True, True, False
+    )
     grad_terms = torch.randn(2, n_modes, dtype=torch.float64)
     *xs, labels = make_batch(4, 3, seed=29)
     x_leaves, xs = leaves(*xs), [x.detach() for x in xs]
     loss_args = (0.8, [1.0, 0.5, 2.0], 1, 1.0, True, True)
     _, _, _, _, z, terms, loss_stats, loss_state, sim = hc.loss_values(
-        *xs, labels, *loss_args, True, True)
+        *xs, labels, *loss_args, True, True
+    )
     assert sim.shape == (12, 12)  # kept for the backward: small enough for one chunk
     return [
         (hc.similarity.default, (x, y)),
         (hc.similarity_backward.default, (torch.randn(4, 6, dtype=torch.float64), xd, yd)),
         (hc.pair_sums.default, (za, zc, a_ids, c_ids, ALL_MODES, TARGETS)),
-        (hc.pair_sums_backward.default,
-         (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS)),
-        (hc.hard_pair_sums.default,
-         (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0, True, False)),
-        (hc.hard_pair_sums_backward.default,
-         (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True,
-          state.detach())),
-        (hc.pair_terms.default,
-         (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True, False, True)),
-        (hc.pair_terms.default,
-         (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 0.5, True, True, True, False)),
-        (hc.pair_terms_backward.default,
-         (grad_terms, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True, True, False,
-          stats, hard_state)),
+        (hc.pair_sums_backward.default, (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS)),
+        (
+            hc.hard_pair_sums.default,
+            (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0, True, False),
+        ),
+        (
+            hc.hard_pair_sums_backward.default,
+            (
+                grad_stats,
+                zad,
+                zcd,
+                a_ids,
+                c_ids,
+                ALL_MODES,
+                TARGETS,
+                1.0,
+                True,
+                True,
+                state.detach(),
+            ),
+        ),
+        (
+            hc.pair_terms.default,
+            (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True, False, True),
+        ),
+        (
+            hc.pair_terms.default,
+            (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 0.5, True, True, True, False),
+        ),
+        (
+            hc.pair_terms_backward.default,
+            (
+                grad_terms,
+                zad,
+                zcd,
+                a_ids,
+                c_ids,
+                ALL_MODES,
+                TARGETS,
+                1.0,
+                True,
+                True,
+                True,
+                False,
+                stats,
+                hard_state,
+            ),
+        ),
         (hc.loss_values.default, (*x_leaves, labels, *loss_args, False, True)),
         (hc.loss_values.default, (*x_leaves, labels, *loss_args, True, False)),
-        *[(hc.loss_values_backward.default,
-           (torch.randn(4, dtype=torch.float64), labels, z, 0.8, [1.0, 0.5, 2.0], 1.0, True,
-            True, True, True, terms, loss_stats, loss_state, kept, torch.float64))
-          for kept in (sim, sim.new_empty(0))],  # kept similarities, or recomputed
+        *[
+            (
+                hc.loss_values_backward.default,
+                (
+                    torch.randn(4, dtype=torch.float64),
+                    labels,
+                    z,
+                    0.8,
+                    [1.0, 0.5, 2.0],
+                    1.0,
+                    True,
+                    True,
+                    True,
+                    True,
+                    terms,
+                    loss_stats,
+                    loss_state,
+                    kept,
+                    torch.float64,
+                ),
+            )
+            for kept in (sim, sim.new_empty(0))
+        ],  # kept similarities, or recomputed
     ]
 
 
@@ -537,72 +715,204 @@ def _bad_calls(make_batch):
     x_l, _, _, labels = make_batch(3, 4)
     x_l = x_l.detach()
     loss = lambda *args: hc.loss_values(  # noqa: E731
-        *args, 0.8, [1.0] * 3, 1, 1.0, True, True, False, True)
+        *args, 0.8, [1.0] * 3, 1, 1.0, True, True, False, True
+    )
     _, _, _, _, z, terms, loss_stats, loss_state, sim = loss(x_l, x_l, x_l, labels)
     grad4 = torch.zeros(4, dtype=torch.float64)
     back = lambda selection, stats, state, kept: hc.loss_values_backward(  # noqa: E731
-        grad4, labels, z, 0.8, [1.0] * 3, 1.0, True, True, selection, True, terms, stats, state,
-        kept, torch.float64)
+        grad4,
+        labels,
+        z,
+        0.8,
+        [1.0] * 3,
+        1.0,
+        True,
+        True,
+        selection,
+        True,
+        terms,
+        stats,
+        state,
+        kept,
+        torch.float64,
+    )
     return [
         # Full messages, numbers included: a build with its own static libstdc++ lost (gcc 12)
         # or crashed on (gcc 13) the numbers (docs/gpu.md).
-        (lambda: pair(za[0], zc, a_ids, c_ids, ALL_MODES, TARGETS),
-         r"^za must be a 2-D tensor \(rows, d\), got 1-D"),
+        (
+            lambda: pair(za[0], zc, a_ids, c_ids, ALL_MODES, TARGETS),
+            r"^za must be a 2-D tensor \(rows, d\), got 1-D",
+        ),
         (lambda: pair(za, zc.float(), a_ids, c_ids, ALL_MODES, TARGETS), "same dtype"),
-        (lambda: pair(za, zc[:, :3], a_ids, c_ids, ALL_MODES, TARGETS),
-         "^za and zc must have the same feature size, got 4 and 3"),
-        (lambda: pair(za.long(), zc.long(), a_ids, c_ids, ALL_MODES, TARGETS),
-         "za must be a floating"),
+        (
+            lambda: pair(za, zc[:, :3], a_ids, c_ids, ALL_MODES, TARGETS),
+            "^za and zc must have the same feature size, got 4 and 3",
+        ),
+        (
+            lambda: pair(za.long(), zc.long(), a_ids, c_ids, ALL_MODES, TARGETS),
+            "za must be a floating",
+        ),
         (lambda: pair(za, zc, a_ids.double(), c_ids, ALL_MODES, TARGETS), "a_ids must be an int64"),
         (lambda: pair(za, zc, a_ids[:4], c_ids, ALL_MODES, TARGETS), "a_ids must have one row"),
         (lambda: pair(za, zc, a_ids, c_ids[:, :2], ALL_MODES, TARGETS), "c_ids must have shape"),
         (lambda: pair(za, zc, a_ids, c_ids, [INTRA, 7], [1.0, 1.0]), "modes must hold"),
         (lambda: pair(za, zc, a_ids, c_ids, ALL_MODES, [1.0]), "targets must have one entry"),
-        (lambda: hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True),
-         "h must be >= 1"),
-        (lambda: hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 0.0, True, True),
-         "gamma must be > 0"),
-        (lambda: hc.pair_sums_backward(grad[:, :2], za, zc, a_ids, c_ids, ALL_MODES, TARGETS),
-         "grad_stats must have shape"),
-        (lambda: hc.hard_pair_sums_backward(grad, za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1.0,
-                                            True, True, state.float()), "state must have dtype"),
-        (lambda: hc.hard_pair_sums_backward(grad, za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1.0,
-                                            True, True, state[:, :, :6]), "state must have shape"),
+        (
+            lambda: hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True),
+            "h must be >= 1",
+        ),
+        (
+            lambda: hc.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 0.0, True, True),
+            "gamma must be > 0",
+        ),
+        (
+            lambda: hc.pair_sums_backward(grad[:, :2], za, zc, a_ids, c_ids, ALL_MODES, TARGETS),
+            "grad_stats must have shape",
+        ),
+        (
+            lambda: hc.hard_pair_sums_backward(
+                grad, za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True, state.float()
+            ),
+            "state must have dtype",
+        ),
+        (
+            lambda: hc.hard_pair_sums_backward(
+                grad, za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True, state[:, :, :6]
+            ),
+            "state must have shape",
+        ),
         (lambda: hc.similarity(za, zc[None]), "y must be a 2-D"),
-        (lambda: hc.pair_terms(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True,
-                               True, True), "h must be >= 1"),
-        (lambda: hc.pair_terms_backward(grad[0, :2, :2], za, zc, a_ids, c_ids, ALL_MODES,
-                                        TARGETS, 1.0, True, True, False, True, grad, grad),
-         "grad_terms must have shape"),
-        (lambda: hc.pair_terms_backward(torch.zeros(2, 3, dtype=torch.float64), za, zc, a_ids,
-                                        c_ids, ALL_MODES, TARGETS, 1.0, True, True, False, True,
-                                        grad[:, :2], grad), "stats must have shape"),
+        (
+            lambda: hc.pair_terms(
+                za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True, True, True
+            ),
+            "h must be >= 1",
+        ),
+        (
+            lambda: hc.pair_terms_backward(
+                grad[0, :2, :2],
+                za,
+                zc,
+                a_ids,
+                c_ids,
+                ALL_MODES,
+                TARGETS,
+                1.0,
+                True,
+                True,
+                False,
+                True,
+                grad,
+                grad,
+            ),
+            "grad_terms must have shape",
+        ),
+        (
+            lambda: hc.pair_terms_backward(
+                torch.zeros(2, 3, dtype=torch.float64),
+                za,
+                zc,
+                a_ids,
+                c_ids,
+                ALL_MODES,
+                TARGETS,
+                1.0,
+                True,
+                True,
+                False,
+                True,
+                grad[:, :2],
+                grad,
+            ),
+            "stats must have shape",
+        ),
         (lambda: hc.similarity_backward(grad[:, 0], za, zc), "grad must have shape"),
         (lambda: loss(x_l, x_l[:, :3], x_l, labels), "x_a must have the shape of x_l"),
         (lambda: loss(x_l, x_l, x_l.float(), labels), "x_l and x_v must have the same dtype"),
         (lambda: loss(x_l, x_l, x_l, labels.double()), "labels must hold integer class ids"),
         (lambda: loss(x_l, x_l, x_l, labels[:2]), r"labels must have shape \(3,\)"),
         (lambda: loss(x_l[:0], x_l[:0], x_l[:0], labels[:0]), "at least one sample"),
-        (lambda: hc.loss_values(x_l, x_l, x_l, labels, 0.8, [1.0], 1, 1.0, True, True, False,
-                                True), "lambdas must hold three weights"),
-        (lambda: hc.loss_values(x_l, x_l, x_l, labels, 0.8, [1.0] * 3, 0, 1.0, True, True, True,
-                                True), "h must be >= 1"),
-        (lambda: hc.loss_values_backward(torch.zeros(3), labels, z, 0.8, [1.0] * 3, 1.0, True,
-                                         True, False, True, terms, loss_stats, loss_state, sim,
-                                         torch.float64),
-         "grad_losses must have shape"),
-        (lambda: hc.loss_values_backward(torch.zeros(4, dtype=torch.int64), labels, z, 0.8,
-                                         [1.0] * 3, 1.0, True, True, False, True, terms,
-                                         loss_stats, loss_state, sim, torch.float64),
-         "grad_losses must be a floating tensor"),
-        (lambda: back(False, loss_stats, loss_state, sim[:, :4]),
-         r"^sim must be empty or have shape \(9, 9\), got \[9, 4\]"),
+        (
+            lambda: hc.loss_values(
+                x_l, x_l, x_l, labels, 0.8, [1.0], 1, 1.0, True, True, False, True
+            ),
+            "lambdas must hold three weights",
+        ),
+        (
+            lambda: hc.loss_values(
+                x_l, x_l, x_l, labels, 0.8, [1.0] * 3, 0, 1.0, True, True, True, True
+            ),
+            "h must be >= 1",
+        ),
+        (
+            lambda: hc.loss_values_backward(
+                torch.zeros(3),
+                labels,
+                z,
+                0.8,
+                [1.0] * 3,
+                1.0,
+                True,
+                True,
+                False,
+                True,
+                terms,
+                loss_stats,
+                loss_state,
+                sim,
+                torch.float64,
+            ),
+            "grad_losses must have shape",
+        ),
+        (
+            lambda: hc.loss_values_backward(
+                torch.zeros(4, dtype=torch.int64),
+                labels,
+                z,
+                0.8,
+                [1.0] * 3,
+                1.0,
+                True,
+                True,
+                False,
+                True,
+                terms,
+                loss_stats,
+                loss_state,
+                sim,
+                torch.float64,
+            ),
+            "grad_losses must be a floating tensor",
+        ),
+        (
+            lambda: back(False, loss_stats, loss_state, sim[:, :4]),
+            r"^sim must be empty or have shape \(9, 9\), got \[9, 4\]",
+        ),
         (lambda: back(False, loss_stats, loss_state, sim.float()), "sim must have the dtype"),
-        (lambda: back(False, loss_stats[:2], loss_state, sim), r"stats must have shape \(9, 3, 4\)"),
+        (
+            lambda: back(False, loss_stats[:2], loss_state, sim),
+            r"stats must have shape \(9, 3, 4\)",
+        ),
         (lambda: back(True, loss_stats, loss_stats, sim), r"state must have shape \(9, 3, 7\)"),
-        (lambda: hc.pair_terms_backward(torch.zeros(2, 3, dtype=torch.int64), za, zc, a_ids,
-                                        c_ids, ALL_MODES, TARGETS, 1.0, True, True, False, True,
-                                        grad, grad), "grad_terms must be a floating tensor"),
+        (
+            lambda: hc.pair_terms_backward(
+                torch.zeros(2, 3, dtype=torch.int64),
+                za,
+                zc,
+                a_ids,
+                c_ids,
+                ALL_MODES,
+                TARGETS,
+                1.0,
+                True,
+                True,
+                False,
+                True,
+                grad,
+                grad,
+            ),
+            "grad_terms must be a floating tensor",
+        ),
     ]
 
 
@@ -618,14 +928,17 @@ def _first_order_output(op, za, zc, a_ids, c_ids):
     if op == "pair_sums":
         return ops.pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS).sum()
     if op == "hard_pair_sums":
-        return ops.hard_pair_sums(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True,
-                                  True).sum()
+        return ops.hard_pair_sums(
+            za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True, True
+        ).sum()
     if op == "pair_terms":
-        return ops.pair_terms(za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True, True,
-                              True, True).sum()
+        return ops.pair_terms(
+            za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 1, 1.0, True, True, True, True
+        ).sum()
     x_l, x_a, x_v = za.chunk(3)
-    return ops.loss_values(x_l, x_a, x_v, a_ids[:3, 0], 0.8, [1.0, 1.0, 1.0], 1, 1.0, True,
-                           True, True, True)[0]
+    return ops.loss_values(
+        x_l, x_a, x_v, a_ids[:3, 0], 0.8, [1.0, 1.0, 1.0], 1, 1.0, True, True, True, True
+    )[0]
 
 
 @pytest.mark.parametrize("op", ["pair_sums", "hard_pair_sums", "pair_terms", "loss_values"])
@@ -635,8 +948,9 @@ def test_double_backward_is_a_clear_error(op):
     # Never a silently wrong second derivative: the error comes when the gradient is
     # differentiated (loss_values: already when its backward runs under create_graph).
     with pytest.raises(RuntimeError, match="does not support double backward"):
-        (grad_za,) = torch.autograd.grad(_first_order_output(op, za, zc, a_ids, c_ids), za,
-                                         create_graph=True)
+        (grad_za,) = torch.autograd.grad(
+            _first_order_output(op, za, zc, a_ids, c_ids), za, create_graph=True
+        )
         grad_za.sum().backward()
 
 

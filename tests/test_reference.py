@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from oracle import oracle_pair_stats
 
 from hycon_ext import pairs, reference
-from oracle import oracle_pair_stats
 
 MODES = [pairs.INTRA, pairs.INTER, pairs.SAME_SAMPLE]
 
@@ -14,9 +14,7 @@ MODES = [pairs.INTRA, pairs.INTER, pairs.SAME_SAMPLE]
 def test_row_descriptors_are_modality_major_with_global_samples():
     ids = pairs.row_descriptors(torch.tensor([5, 6]), 3, sample_offset=10)
     assert ids.dtype == torch.int64
-    assert ids.tolist() == [[5, 0, 10], [6, 0, 11],
-                            [5, 1, 10], [6, 1, 11],
-                            [5, 2, 10], [6, 2, 11]]
+    assert ids.tolist() == [[5, 0, 10], [6, 0, 11], [5, 1, 10], [6, 1, 11], [5, 2, 10], [6, 2, 11]]
 
 
 def test_row_descriptors_reject_non_1d_labels():
@@ -24,8 +22,10 @@ def test_row_descriptors_reject_non_1d_labels():
         pairs.row_descriptors(torch.zeros(2, 2, dtype=torch.int64), 3)
 
 
-@pytest.mark.parametrize("beta, k, h", [
-    (0.2, 32, 6), (0.2, 4, 1), (0.01, 10, 1), (1.0, 7, 7), (0.29, 100, 29), (0.5, 9, 4)])
+@pytest.mark.parametrize(
+    "beta, k, h",
+    [(0.2, 32, 6), (0.2, 4, 1), (0.01, 10, 1), (1.0, 7, 7), (0.29, 100, 29), (0.5, 9, 4)],
+)
 def test_selection_size(beta, k, h):
     assert pairs.selection_size(beta, k) == h
 
@@ -52,11 +52,13 @@ def _random_rows(seed, n_modalities, k, d, n_classes, offset, anchor_rows):
 
 
 def _assert_matches_oracle(stats, za, zc, a_ids, c_ids, modes, targets, **selection):
-    expected = oracle_pair_stats(za.tolist(), zc.tolist(), a_ids.tolist(), c_ids.tolist(),
-                                 modes, targets, **selection)
+    expected = oracle_pair_stats(
+        za.tolist(), zc.tolist(), a_ids.tolist(), c_ids.tolist(), modes, targets, **selection
+    )
     assert stats.shape == (za.shape[0], len(modes), 4)
-    torch.testing.assert_close(stats, torch.tensor(expected, dtype=stats.dtype),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        stats, torch.tensor(expected, dtype=stats.dtype), rtol=1e-12, atol=1e-12
+    )
 
 
 # (seed, modalities, K, d, classes, sample offset, anchor rows, modes)
@@ -80,28 +82,51 @@ def test_pair_sums_matches_oracle(seed, n_mod, k, d, n_classes, offset, rows, mo
 @pytest.mark.parametrize("seed, n_mod, k, d, n_classes, offset, rows, modes", CASES)
 @pytest.mark.parametrize("h", [1, 2, 50])
 @pytest.mark.parametrize("select_pos, select_neg", [(True, True), (True, False), (False, True)])
-def test_hard_pair_sums_matches_oracle(seed, n_mod, k, d, n_classes, offset, rows, modes, h,
-                                       select_pos, select_neg):
+def test_hard_pair_sums_matches_oracle(
+    seed, n_mod, k, d, n_classes, offset, rows, modes, h, select_pos, select_neg
+):
     za, zc, a_ids, c_ids = _random_rows(seed, n_mod, k, d, n_classes, offset, rows)
-    targets = [1.0, 0.8, 0.8][:len(modes)]
-    stats = reference.hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, 0.5,
-                                     select_pos, select_neg)
-    _assert_matches_oracle(stats, za, zc, a_ids, c_ids, modes, targets, h=h, gamma=0.5,
-                           select_pos=select_pos, select_neg=select_neg)
+    targets = [1.0, 0.8, 0.8][: len(modes)]
+    stats = reference.hard_pair_sums(
+        za, zc, a_ids, c_ids, modes, targets, h, 0.5, select_pos, select_neg
+    )
+    _assert_matches_oracle(
+        stats,
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        modes,
+        targets,
+        h=h,
+        gamma=0.5,
+        select_pos=select_pos,
+        select_neg=select_neg,
+    )
 
 
 def test_hard_pair_sums_breaks_ties_towards_the_lower_candidate_index():
     # Candidates 1, 2 (positives) are one row, 3, 4 (negatives) another, with dyadic entries
     # so every similarity is exact and the ties survive any summation order. With h = 1 the
     # lower index is kept, so only it gets gradient.
-    z = torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.5, 0.25],
-                      [0.125, 0.125, 0.75], [0.125, 0.125, 0.75]], dtype=torch.float64)
+    z = torch.tensor(
+        [
+            [0.5, 0.25, 0.25],
+            [0.25, 0.5, 0.25],
+            [0.25, 0.5, 0.25],
+            [0.125, 0.125, 0.75],
+            [0.125, 0.125, 0.75],
+        ],
+        dtype=torch.float64,
+    )
     ids = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 0, 2], [1, 0, 3], [1, 0, 4]])
     zc = z.clone().requires_grad_()
-    stats = reference.hard_pair_sums(z[:1], zc, ids[:1], ids, [pairs.INTRA], [1.0], 1, 1.0,
-                                     True, True)
-    _assert_matches_oracle(stats.detach(), z[:1], z, ids[:1], ids, [pairs.INTRA], [1.0], h=1,
-                           gamma=1.0)
+    stats = reference.hard_pair_sums(
+        z[:1], zc, ids[:1], ids, [pairs.INTRA], [1.0], 1, 1.0, True, True
+    )
+    _assert_matches_oracle(
+        stats.detach(), z[:1], z, ids[:1], ids, [pairs.INTRA], [1.0], h=1, gamma=1.0
+    )
     (grad,) = torch.autograd.grad(stats[0, 0, [0, 1, 3]].sum(), zc)
     touched = grad.abs().sum(-1) > 0
     assert touched.tolist() == [False, True, False, True, False]
@@ -116,8 +141,9 @@ def test_twins_gradients_match_finite_differences():
         return reference.pair_sums(a, c, a_ids, c_ids, MODES, [1.0, 0.8, 0.8])
 
     def hard_negatives(a, c):  # w_p is detached by design, so gradcheck only the w_n side
-        return reference.hard_pair_sums(a, c, a_ids, c_ids, MODES, [1.0, 0.8, 0.8], 2, 1.0,
-                                        False, True)
+        return reference.hard_pair_sums(
+            a, c, a_ids, c_ids, MODES, [1.0, 0.8, 0.8], 2, 1.0, False, True
+        )
 
     assert torch.autograd.gradcheck(plain, (za, zc))
     assert torch.autograd.gradcheck(hard_negatives, (za, zc))
@@ -129,8 +155,9 @@ def test_detached_positive_weights_carry_no_gradient():
     z = torch.softmax(torch.randn(3, 4, dtype=torch.float64), -1)
     ids = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 0, 2]])
     za, zc = z[:1], z.clone().requires_grad_()
-    stats = reference.hard_pair_sums(za, zc, ids[:1], ids, [pairs.INTRA], [1.0], 5, 1.0,
-                                     True, False)
+    stats = reference.hard_pair_sums(
+        za, zc, ids[:1], ids, [pairs.INTRA], [1.0], 5, 1.0, True, False
+    )
     (grad,) = torch.autograd.grad(stats[0, 0, 0], zc)
     w = torch.softmax(1.0 / (za @ z[1:].T + 1.0), -1)[0]
     torch.testing.assert_close(grad[1:], w[:, None] * za.expand(2, -1), rtol=1e-12, atol=1e-15)
@@ -153,14 +180,24 @@ def test_nan_similarity_poisons_the_row_sums_but_not_its_count(selection):
     zc[5] = float("nan")  # row 5 (modality 1, sample 1) is a pair of some anchors only
     options = dict(h=1, gamma=1.0) if selection else {}
     if selection:
-        stats = reference.hard_pair_sums(za, zc, a_ids, c_ids, MODES, [1.0, 0.8, 0.8], 1, 1.0,
-                                         True, True)
+        stats = reference.hard_pair_sums(
+            za, zc, a_ids, c_ids, MODES, [1.0, 0.8, 0.8], 1, 1.0, True, True
+        )
     else:
         stats = reference.pair_sums(za, zc, a_ids, c_ids, MODES, [1.0, 0.8, 0.8])
     # NaN ordered as 0, like the twin does before poisoning.
-    expected = torch.tensor(oracle_pair_stats(
-        za.tolist(), zc.nan_to_num(0.0).tolist(), a_ids.tolist(), c_ids.tolist(), MODES,
-        [1.0, 0.8, 0.8], **options), dtype=torch.float64)
+    expected = torch.tensor(
+        oracle_pair_stats(
+            za.tolist(),
+            zc.nan_to_num(0.0).tolist(),
+            a_ids.tolist(),
+            c_ids.tolist(),
+            MODES,
+            [1.0, 0.8, 0.8],
+            **options,
+        ),
+        dtype=torch.float64,
+    )
     poisoned = torch.tensor([[_is_pair(mode, a, c_ids[5]) for mode in MODES] for a in a_ids])
     assert poisoned.any() and not poisoned.all()
     sums = stats[..., [0, 1, 3]]
@@ -186,6 +223,7 @@ def test_reference_hycon_loss_is_the_reference_backend(make_batch):
     x_l, x_a, x_v, labels = make_batch(6, 4)
     a = reference.hycon_loss(x_l, x_a, x_v, labels, pair_selection=True, alpha=0.7)
     from hycon_ext import hycon_loss
+
     b = hycon_loss(x_l, x_a, x_v, labels, pair_selection=True, alpha=0.7, backend="reference")
     for u, v in zip(a, b):
         assert torch.equal(u, v)

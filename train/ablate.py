@@ -10,6 +10,7 @@ in run.log); a seed whose results.json exists is not rerun, and one interrupted 
 continues from its last.pt. Measured cells are mean ± std over the seeds (ddof 1), with the
 paper's number beside each for reference.
 """
+
 import argparse
 import datetime
 import json
@@ -36,17 +37,34 @@ RUNNER_FLAGS = ("--dataset", "--seed", "--seeds", "--out", "--resume")
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="train/ablate.py", description=__doc__.splitlines()[0], allow_abbrev=False,
+        prog="train/ablate.py",
+        description=__doc__.splitlines()[0],
+        allow_abbrev=False,
         epilog="Every other flag is passed to train/main.py for every row (e.g. --epochs 15 --lr 1e-3 "
-               "--data-dir ../shared/data/real --format poria); a row's own flags come after them.")
+        "--data-dir ../shared/data/real --format poria); a row's own flags come after them.",
+    )
     p.add_argument("--dataset", required=True, choices=["iemocap", "mosi", "mosei"])
-    p.add_argument("--table", type=int, required=True, choices=sorted(TABLES),
-                   help="; ".join(f"{n}: {t.title}" for n, t in TABLES.items()))
-    p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds run for every row (default 1,2,3,4,5)")
-    p.add_argument("--rows", default=None,
-                   help="comma-separated row keys to run (default: all rows of the table); keys: "
-                        + "; ".join(f"table {n}: {','.join(r.key for r in t.rows)}" for n, t in TABLES.items()))
-    p.add_argument("--out", default=None, help="output folder (default runs/ablation/<dataset>-table<N>)")
+    p.add_argument(
+        "--table",
+        type=int,
+        required=True,
+        choices=sorted(TABLES),
+        help="; ".join(f"{n}: {t.title}" for n, t in TABLES.items()),
+    )
+    p.add_argument(
+        "--seeds",
+        default="1,2,3,4,5",
+        help="comma-separated seeds run for every row (default 1,2,3,4,5)",
+    )
+    p.add_argument(
+        "--rows",
+        default=None,
+        help="comma-separated row keys to run (default: all rows of the table); keys: "
+        + "; ".join(f"table {n}: {','.join(r.key for r in t.rows)}" for n, t in TABLES.items()),
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (default runs/ablation/<dataset>-table<N>)"
+    )
     return p
 
 
@@ -55,8 +73,10 @@ def parse(argv):
     args, shared = build_parser().parse_known_args(argv)
     for flag in shared:
         if flag.split("=")[0] in RUNNER_FLAGS:
-            raise ValueError(f"{flag.split('=')[0]}: set by train/ablate.py itself (use its --dataset, "
-                             f"--seeds, --out); resuming is automatic")
+            raise ValueError(
+                f"{flag.split('=')[0]}: set by train/ablate.py itself (use its --dataset, "
+                f"--seeds, --out); resuming is automatic"
+            )
     table = TABLES[args.table]
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -69,17 +89,27 @@ def parse(argv):
         keys = [k.strip() for k in args.rows.split(",") if k.strip()]
         unknown = [k for k in keys if k not in {r.key for r in table.rows}]
         if unknown or not keys:
-            raise ValueError(f"--rows: unknown row {unknown or args.rows!r} for table {table.number}; "
-                             f"expected some of {[r.key for r in table.rows]}")
+            raise ValueError(
+                f"--rows: unknown row {unknown or args.rows!r} for table {table.number}; "
+                f"expected some of {[r.key for r in table.rows]}"
+            )
         rows = tuple(r for r in table.rows if r.key in keys)
-    out = Path(args.out) if args.out else Path("runs/ablation") / f"{args.dataset}-table{table.number}"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs/ablation") / f"{args.dataset}-table{table.number}"
+    )
     return args, table, rows, seeds, shared, out
 
 
 def row_argv(args, row, shared, seed, out):
     """main.py's argv for one (row, seed): shared flags first, so the row's own flags win."""
-    return (["--dataset", args.dataset] + list(shared) + list(row.flags)
-            + ["--seed", str(seed), "--out", str(out / row.key / f"seed{seed}")])
+    return (
+        ["--dataset", args.dataset]
+        + list(shared)
+        + list(row.flags)
+        + ["--seed", str(seed), "--out", str(out / row.key / f"seed{seed}")]
+    )
 
 
 def check_row_flags(argv):
@@ -87,7 +117,9 @@ def check_row_flags(argv):
     parser = train_main.build_parser()
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
-        raise ValueError(f"{unknown[0]}: not a train/main.py flag (see python train/main.py --help)")
+        raise ValueError(
+            f"{unknown[0]}: not a train/main.py flag (see python train/main.py --help)"
+        )
     train_main.loss_settings(parsed)  # raises ValueError for contradictory loss flags
     return {k: v for k, v in vars(parsed).items() if k != "resume"}
 
@@ -102,12 +134,20 @@ def finished(seed_dir, expected):
         saved = json.loads(path.read_text())
         saved_args = saved["args"]
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a train/main.py results file ({err}); remove it to rerun") from None
+        raise ValueError(
+            f"{path}: not a train/main.py results file ({err}); remove it to rerun"
+        ) from None
     # None: a default main.py resolves when it runs (e.g. --text-encoder), saved resolved
-    differ = sorted(k for k in expected if k in saved_args and expected[k] is not None and saved_args[k] != expected[k])
+    differ = sorted(
+        k
+        for k in expected
+        if k in saved_args and expected[k] is not None and saved_args[k] != expected[k]
+    )
     if differ:
         diffs = ", ".join(f"{k}: {saved_args[k]!r} there, {expected[k]!r} now" for k in differ)
-        raise ValueError(f"{path}: finished with other settings ({diffs}); use another --out or remove it")
+        raise ValueError(
+            f"{path}: finished with other settings ({diffs}); use another --out or remove it"
+        )
     return saved
 
 
@@ -125,16 +165,29 @@ def run_one(argv, seed, seed_dir):
 
 def row_summary(row, summaries, seeds):
     done = [s for s in summaries if s is not None]
-    entry = {"key": row.key, "name": row.name, "flags": list(row.flags),
-             "paper": dict(zip(PAPER_COLUMNS, row.paper)), "seeds": [s["seeds"][0]["seed"] for s in done],
-             "planned_seeds": seeds}
+    entry = {
+        "key": row.key,
+        "name": row.name,
+        "flags": list(row.flags),
+        "paper": dict(zip(PAPER_COLUMNS, row.paper)),
+        "seeds": [s["seeds"][0]["seed"] for s in done],
+        "planned_seeds": seeds,
+    }
     if done:
         results = [s["seeds"][0] for s in done]
         mean, std = train_main.summarise(results)
-        entry.update(mean=mean, std=std, per_seed=[r["test"] for r in results], columns=done[0]["columns"],
-                     train_time_s=sum(r["train_time_s"] for r in results) / len(results),
-                     test_inference_s=sum(r.get("test_inference_s", float("nan")) for r in results) / len(results),
-                     epochs=done[0]["epochs"], lr=done[0]["lr"], format=done[0]["format"])
+        entry.update(
+            mean=mean,
+            std=std,
+            per_seed=[r["test"] for r in results],
+            columns=done[0]["columns"],
+            train_time_s=sum(r["train_time_s"] for r in results) / len(results),
+            test_inference_s=sum(r.get("test_inference_s", float("nan")) for r in results)
+            / len(results),
+            epochs=done[0]["epochs"],
+            lr=done[0]["lr"],
+            format=done[0]["format"],
+        )
     return entry
 
 
@@ -154,30 +207,47 @@ def _seconds(value):
 
 
 def write_outputs(out, table, entries, meta):
-    (out / "ablation.json").write_text(json.dumps({**meta, "table": table.number, "title": table.title,
-                                                   "rows": entries}, indent=2))
+    (out / "ablation.json").write_text(
+        json.dumps({**meta, "table": table.number, "title": table.title, "rows": entries}, indent=2)
+    )
     done = [e for e in entries if "mean" in e]
     columns = done[0]["columns"] if done else list(PAPER_COLUMNS)
     paper_cols = [c for c in columns if c in PAPER_COLUMNS]
-    lines = [f"# Table {table.number}: {table.title} (measured)", "",
-             f"- command: `{meta['command']}`",
-             f"- dataset: {meta['dataset']}"
-             + (f" ({done[0]['format']} format), {done[0]['epochs']} epochs, lr {done[0]['lr']}" if done else ""),
-             f"- machine: {meta['machine']}; {meta['date']}",
-             "- each cell: mean ± std over the seeds (ddof 1); in brackets the paper's number (CMU-MOSI, "
-             "BERT text encoder, its own settings: for reference, not a target for other features); train s: "
-             "training time per seed without the validation passes, test s: inference over the test split "
-             "(Table 8, §4.5.8)", ""]
+    lines = [
+        f"# Table {table.number}: {table.title} (measured)",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- dataset: {meta['dataset']}"
+        + (
+            f" ({done[0]['format']} format), {done[0]['epochs']} epochs, lr {done[0]['lr']}"
+            if done
+            else ""
+        ),
+        f"- machine: {meta['machine']}; {meta['date']}",
+        "- each cell: mean ± std over the seeds (ddof 1); in brackets the paper's number (CMU-MOSI, "
+        "BERT text encoder, its own settings: for reference, not a target for other features); train s: "
+        "training time per seed without the validation passes, test s: inference over the test split "
+        "(Table 8, §4.5.8)",
+        "",
+    ]
     lines.append("| Row | " + " | ".join(columns) + " | seeds | train s | test s |")
     lines.append("|---|" + "---:|" * (len(columns) + 3))
     for e in entries:
         if "mean" not in e:
-            lines.append(f"| {e['name']} | " + " | ".join("not run" for _ in columns) + " | 0 | | |")
+            lines.append(
+                f"| {e['name']} | " + " | ".join("not run" for _ in columns) + " | 0 | | |"
+            )
             continue
-        cells = [_cell(c, e["mean"][c], e["std"][c])
-                 + (f" ({_paper(c, e['paper'][c])})" if c in paper_cols else "") for c in columns]
-        lines.append(f"| {e['name']} | " + " | ".join(cells)
-                     + f" | {len(e['seeds'])} | {e['train_time_s']:.1f} | {_seconds(e['test_inference_s'])} |")
+        cells = [
+            _cell(c, e["mean"][c], e["std"][c])
+            + (f" ({_paper(c, e['paper'][c])})" if c in paper_cols else "")
+            for c in columns
+        ]
+        lines.append(
+            f"| {e['name']} | "
+            + " | ".join(cells)
+            + f" | {len(e['seeds'])} | {e['train_time_s']:.1f} | {_seconds(e['test_inference_s'])} |"
+        )
     if table.note:
         lines += ["", table.note]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
@@ -192,13 +262,19 @@ def main(argv=None):
             cmd = row_argv(args, row, shared, seed, out)
             plans.append((row, seed, cmd, check_row_flags(cmd)))
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python train/ablate.py " + " ".join(shlex.quote(a) for a in argv),
-            "dataset": args.dataset, "seeds": seeds, "shared_flags": shared,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
-                       f"({torch.get_num_threads()} threads), Python {platform.python_version()}"}
-    summaries = {(row.key, seed): finished(out / row.key / f"seed{seed}", expected)
-                 for row, seed, _, expected in plans}
+    meta = {
+        "command": "python train/ablate.py " + " ".join(shlex.quote(a) for a in argv),
+        "dataset": args.dataset,
+        "seeds": seeds,
+        "shared_flags": shared,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}",
+    }
+    summaries = {
+        (row.key, seed): finished(out / row.key / f"seed{seed}", expected)
+        for row, seed, _, expected in plans
+    }
 
     def write():
         entries = [row_summary(r, [summaries[(r.key, s)] for s in seeds], seeds) for r in rows]
@@ -206,8 +282,14 @@ def main(argv=None):
         return entries
 
     todo = [(row, seed, cmd) for row, seed, cmd, _ in plans if summaries[(row.key, seed)] is None]
-    with tqdm(total=len(plans), initial=len(plans) - len(todo), desc=f"Table {table.number}", unit="run",
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(plans),
+        initial=len(plans) - len(todo),
+        desc=f"Table {table.number}",
+        unit="run",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
         for row, seed, cmd in todo:
             bar.set_postfix_str(f"{row.key} seed {seed}")
             summaries[(row.key, seed)] = run_one(cmd, seed, out / row.key / f"seed{seed}")

@@ -6,6 +6,7 @@ complete file, never a truncated one. A checkpoint also records the run's config
 --resume with flags that change the model, the data or the optimisation is refused, naming
 each differing flag with both values, instead of silently mixing two configurations.
 """
+
 import contextlib
 import os
 import tempfile
@@ -16,13 +17,37 @@ import torch
 # Flags that may change between a run and its --resume: they change neither the model, nor the
 # data, nor the optimisation. --epochs may grow (checked separately); --backend picks between two
 # implementations of the same loss; the data themselves are compared through their sizes.
-FREE_FLAGS = frozenset({"epochs", "resume", "out", "tsne", "device", "num_workers", "metrics_convention",
-                        "backend", "seed", "seeds", "data_dir"})
+FREE_FLAGS = frozenset(
+    {
+        "epochs",
+        "resume",
+        "out",
+        "tsne",
+        "device",
+        "num_workers",
+        "metrics_convention",
+        "backend",
+        "seed",
+        "seeds",
+        "data_dir",
+    }
+)
 # Keys of the configuration that are not a flag of their own, as the error message names them.
-DERIVED_NAMES = {"global_batch": "--batch-size x processes (the global batch)",
-                 "data": "the data (--dataset/--data-dir/--format)"}
-_REQUIRED = ("model", "optimizer", "epoch", "best_loss", "best_epoch", "train_time", "rng", "loader_rng",
-             "config")
+DERIVED_NAMES = {
+    "global_batch": "--batch-size x processes (the global batch)",
+    "data": "the data (--dataset/--data-dir/--format)",
+}
+_REQUIRED = (
+    "model",
+    "optimizer",
+    "epoch",
+    "best_loss",
+    "best_epoch",
+    "train_time",
+    "rng",
+    "loader_rng",
+    "config",
+)
 
 
 class CheckpointError(ValueError):
@@ -58,7 +83,9 @@ def write_text(path, text):
 
 
 def _what_to_do(path):
-    return (f"delete {path} to start this seed from scratch, or drop --resume (or pick another --out)")
+    return (
+        f"delete {path} to start this seed from scratch, or drop --resume (or pick another --out)"
+    )
 
 
 def load(path, required=_REQUIRED):
@@ -68,15 +95,23 @@ def load(path, required=_REQUIRED):
         # weights_only: a checkpoint holds tensors, numbers, strings and containers; nothing in
         # it needs arbitrary unpickling (and a foreign file cannot run code)
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError ... for bad files
-        first = str(err).strip().split("\n")[0].split(". ")[0][:120]  # torch's messages run for lines
+    except (
+        Exception
+    ) as err:  # torch raises RuntimeError, EOFError, UnpicklingError ... for bad files
+        first = (
+            str(err).strip().split("\n")[0].split(". ")[0][:120]
+        )  # torch's messages run for lines
         detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated or another kind of file; "
-                              f"{detail}); {_what_to_do(path)}") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (empty, truncated or another kind of file; "
+            f"{detail}); {_what_to_do(path)}"
+        ) from None
     missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
-        raise CheckpointError(f"{path}: not a train/main.py checkpoint of this version (missing "
-                              f"{', '.join(missing)}); {_what_to_do(path)}")
+        raise CheckpointError(
+            f"{path}: not a train/main.py checkpoint of this version (missing "
+            f"{', '.join(missing)}); {_what_to_do(path)}"
+        )
     return state
 
 
@@ -100,9 +135,15 @@ def check_resume(path, saved, current, epochs):
     before, now = saved["config"], current
     differ = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     if differ:
-        pairs = "; ".join(f"{_flag(k)} {before.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in differ)
-        raise CheckpointError(f"{path}: --resume with another configuration: {pairs}; rerun with the checkpoint's "
-                              f"values, or {_what_to_do(path)}")
+        pairs = "; ".join(
+            f"{_flag(k)} {before.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in differ
+        )
+        raise CheckpointError(
+            f"{path}: --resume with another configuration: {pairs}; rerun with the checkpoint's "
+            f"values, or {_what_to_do(path)}"
+        )
     if epochs < saved["epoch"]:
-        raise CheckpointError(f"--epochs {epochs}: {path} has already trained {saved['epoch']} epochs; "
-                              f"expected --epochs >= {saved['epoch']} (it may grow)")
+        raise CheckpointError(
+            f"--epochs {epochs}: {path} has already trained {saved['epoch']} epochs; "
+            f"expected --epochs >= {saved['epoch']} (it may grow)"
+        )

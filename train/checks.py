@@ -1,5 +1,6 @@
 """Checks of train/main.py's flags before any work is done. Each failure is a ValueError whose
 one line names the flag and what was expected; main.cli() prints it and exits with status 2."""
+
 import math
 from pathlib import Path
 
@@ -14,22 +15,41 @@ def _require(ok, message):
 
 
 def _finite_positive(value, flag):
-    _require(value is None or 0 < value < math.inf, f"{flag}: expected a finite number > 0, got {value}")
+    _require(
+        value is None or 0 < value < math.inf, f"{flag}: expected a finite number > 0, got {value}"
+    )
 
 
 def check_args(args):
     """ValueError for a flag outside its range (the ranges are in --help and the README)."""
     _require(args.d >= 1, f"--d: expected a representation size >= 1, got {args.d}")
-    _require(args.heads >= 1 and args.d % args.heads == 0,
-             f"--heads: expected a divisor of --d {args.d} (at least 1), got {args.heads}")
-    _require(args.layers >= 0, f"--layers: expected a number of Transformer layers >= 0, got {args.layers}")
-    _require(0 <= args.dropout < 1, f"--dropout: expected a probability in [0, 1), got {args.dropout}")
-    _require(args.batch_size >= 1, f"--batch-size: expected at least 1 sample per process, got {args.batch_size}")
-    _require(args.epochs is None or args.epochs >= 1, f"--epochs: expected at least 1, got {args.epochs}")
+    _require(
+        args.heads >= 1 and args.d % args.heads == 0,
+        f"--heads: expected a divisor of --d {args.d} (at least 1), got {args.heads}",
+    )
+    _require(
+        args.layers >= 0,
+        f"--layers: expected a number of Transformer layers >= 0, got {args.layers}",
+    )
+    _require(
+        0 <= args.dropout < 1, f"--dropout: expected a probability in [0, 1), got {args.dropout}"
+    )
+    _require(
+        args.batch_size >= 1,
+        f"--batch-size: expected at least 1 sample per process, got {args.batch_size}",
+    )
+    _require(
+        args.epochs is None or args.epochs >= 1, f"--epochs: expected at least 1, got {args.epochs}"
+    )
     _finite_positive(args.lr, "--lr")
     _finite_positive(args.text_lr, "--text-lr")
-    _require(args.max_seq_len >= 1, f"--max-seq-len: expected at least 1 token, got {args.max_seq_len}")
-    _require(args.num_workers >= 0, f"--num-workers: expected 0 or more worker processes, got {args.num_workers}")
+    _require(
+        args.max_seq_len >= 1, f"--max-seq-len: expected at least 1 token, got {args.max_seq_len}"
+    )
+    _require(
+        args.num_workers >= 0,
+        f"--num-workers: expected 0 or more worker processes, got {args.num_workers}",
+    )
     try:  # the loss API's own check, so that the CLI and the API accept the same ranges
         check_options(alpha=args.alpha, beta=args.beta, gamma=args.gamma, lambdas=lambda_list(args))
     except ValueError as err:
@@ -46,7 +66,10 @@ def lambda_list(args):
         lambdas = [float(x) for x in args.lambdas.split(",")]
     except ValueError:
         lambdas = []
-    _require(len(lambdas) == 3, f"--lambdas: expected three comma-separated numbers, got {args.lambdas!r}")
+    _require(
+        len(lambdas) == 3,
+        f"--lambdas: expected three comma-separated numbers, got {args.lambdas!r}",
+    )
     return lambdas
 
 
@@ -57,11 +80,16 @@ def seed_list(args):
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+        raise ValueError(
+            f"--seeds: expected comma-separated integers, got {args.seeds!r}"
+        ) from None
     _require(seeds, f"--seeds: expected at least one seed, got {args.seeds!r}")
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
-    _require(not twice, f"--seeds: expected each seed once (the mean and std are over distinct runs), "
-                        f"got {', '.join(map(str, twice))} more than once in {args.seeds!r}")
+    _require(
+        not twice,
+        f"--seeds: expected each seed once (the mean and std are over distinct runs), "
+        f"got {', '.join(map(str, twice))} more than once in {args.seeds!r}",
+    )
     return seeds
 
 
@@ -77,13 +105,19 @@ def check_device(text):
     _require(device.type in ("cpu", "cuda"), f"--device: {expected}, got {text!r}")
     if device.type == "cpu":
         return
-    _require(torch.version.cuda is not None,
-             f"--device {text}: this torch ({torch.__version__}) is a CPU build without CUDA; "
-             f"use --device cpu, or install a CUDA build of torch")
+    _require(
+        torch.version.cuda is not None,
+        f"--device {text}: this torch ({torch.__version__}) is a CPU build without CUDA; "
+        f"use --device cpu, or install a CUDA build of torch",
+    )
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    _require(count > 0, f"--device {text}: no CUDA GPU is visible to this process; use --device cpu")
-    _require(device.index is None or device.index < count,
-             f"--device {text}: expected a GPU index below {count} (the GPUs visible here)")
+    _require(
+        count > 0, f"--device {text}: no CUDA GPU is visible to this process; use --device cpu"
+    )
+    _require(
+        device.index is None or device.index < count,
+        f"--device {text}: expected a GPU index below {count} (the GPUs visible here)",
+    )
 
 
 def check_pretrained(name):
@@ -91,6 +125,8 @@ def check_pretrained(name):
     path = Path(name).expanduser()
     # A Hugging Face name is "model" or "owner/model"; anything else is meant as a path.
     looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
-    _require(path.exists() or not looks_like_path,
-             f"--pretrained {name}: the path does not exist (expected a folder written by save_pretrained, "
-             f"or the name of a model in the Hugging Face cache)")
+    _require(
+        path.exists() or not looks_like_path,
+        f"--pretrained {name}: the path does not exist (expected a folder written by save_pretrained, "
+        f"or the name of a model in the Hugging Face cache)",
+    )

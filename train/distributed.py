@@ -74,7 +74,8 @@ def init_from_env(backend=None):
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
             raise RuntimeError(
-                f"WORLD_SIZE={world_size} but {name} is not set: start the script with torchrun")
+                f"WORLD_SIZE={world_size} but {name} is not set: start the script with torchrun"
+            )
     backend = backend or ("nccl" if cuda else "gloo")
     if backend == "nccl":
         if local_rank >= torch.cuda.device_count():
@@ -182,8 +183,9 @@ def train_batch_sampler(dataset, batch_size, ctx, generator):
     process, where DataLoader(shuffle=True, generator=generator) draws the same global batches."""
     if not ctx.is_distributed:
         return None
-    return ShardedBatchSampler(RandomSampler(dataset, generator=generator), batch_size,
-                               ctx.rank, ctx.world_size)
+    return ShardedBatchSampler(
+        RandomSampler(dataset, generator=generator), batch_size, ctx.rank, ctx.world_size
+    )
 
 
 def batch_weight(k, ctx):

@@ -10,6 +10,7 @@ trains on its slice of the same global batches one process would draw with batch
 hybrid loss pairs local anchors with the global batch, evaluation gathers every rank's
 predictions (metrics identical on all ranks) and only rank 0 logs and writes checkpoints.
 """
+
 import random
 import time
 from dataclasses import dataclass, field
@@ -66,14 +67,26 @@ def make_loaders(bundle, s, gen, ctx):
     Under DDP: the rank's slice of each global batch, and contiguous eval shards."""
     batches = distributed.train_batch_sampler(bundle.train, s.batch_size, ctx, gen)
     if batches is None:
-        train = DataLoader(bundle.train, batch_size=s.batch_size, shuffle=True,
-                           num_workers=s.num_workers, generator=gen)
+        train = DataLoader(
+            bundle.train,
+            batch_size=s.batch_size,
+            shuffle=True,
+            num_workers=s.num_workers,
+            generator=gen,
+        )
     else:  # generator=gen too, so the loader draws from gen exactly as in one process
-        train = DataLoader(bundle.train, batch_sampler=batches, num_workers=s.num_workers, generator=gen)
+        train = DataLoader(
+            bundle.train, batch_sampler=batches, num_workers=s.num_workers, generator=gen
+        )
 
     def evaluation(ds):
-        return DataLoader(ds, batch_size=s.batch_size, sampler=distributed.eval_sampler(ds, ctx),
-                          num_workers=s.num_workers)
+        return DataLoader(
+            ds,
+            batch_size=s.batch_size,
+            sampler=distributed.eval_sampler(ds, ctx),
+            num_workers=s.num_workers,
+        )
+
     return train, evaluation(bundle.valid), evaluation(bundle.test)
 
 
@@ -82,13 +95,28 @@ def compute_loss(out, batch, info, s, ctx, memory=None):
     Under DDP the parts are global-batch values for the hybrid terms, local for the task."""
     task = task_loss(out.output, batch["label"], info.task)
     parts = {"task": task.item()}
-    loss = task * distributed.batch_weight(batch["label"].shape[0], ctx) if ctx.is_distributed else task
+    loss = (
+        task * distributed.batch_weight(batch["label"].shape[0], ctx)
+        if ctx.is_distributed
+        else task
+    )
     if s.contrastive:
         classes = pair_classes(batch["label"], info.task, s.pair_classes)
-        hyb = hybrid_loss(*out.unimodal, classes, loss=s.contrastive_loss, global_batch=ctx.is_distributed,
-                          memory=memory, **s.loss_kwargs)
+        hyb = hybrid_loss(
+            *out.unimodal,
+            classes,
+            loss=s.contrastive_loss,
+            global_batch=ctx.is_distributed,
+            memory=memory,
+            **s.loss_kwargs,
+        )
         loss = loss + hyb.total
-        parts.update(hybrid=hyb.total.item(), scl=hyb.scl.item(), iamcl=hyb.iamcl.item(), iemcl=hyb.iemcl.item())
+        parts.update(
+            hybrid=hyb.total.item(),
+            scl=hyb.scl.item(),
+            iamcl=hyb.iamcl.item(),
+            iemcl=hyb.iemcl.item(),
+        )
     return loss, parts
 
 
@@ -126,7 +154,10 @@ def predict(model, loader, info, s, ctx):
         labels.append(batch["label"].cpu())
         fused.append(out.fused.cpu())
     loss = distributed.reduce_mean(loss_sum, n, ctx)
-    return (loss, *distributed.gather_tensors(torch.cat(outs), torch.cat(labels), torch.cat(fused), ctx=ctx))
+    return (
+        loss,
+        *distributed.gather_tensors(torch.cat(outs), torch.cat(labels), torch.cat(fused), ctx=ctx),
+    )
 
 
 def split_metrics(outputs, labels, info, convention):
@@ -135,12 +166,16 @@ def split_metrics(outputs, labels, info, convention):
     return emotion_metrics(outputs.argmax(-1).numpy(), labels.numpy(), info.emotions)
 
 
-_RANK_SEED_STRIDE = 1_000_003  # not 1: rank 1 of seed s would repeat the masks of a run with seed s + 1
+_RANK_SEED_STRIDE = (
+    1_000_003  # not 1: rank 1 of seed s would repeat the masks of a run with seed s + 1
+)
 
 
 def _rank_rng(ctx):
     """(CPU, own GPU or None) RNG states of this rank."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None
+    return torch.get_rng_state(), torch.cuda.get_rng_state(
+        ctx.device
+    ) if ctx.device.type == "cuda" else None
 
 
 def _set_rank_rng(state, ctx):
@@ -154,8 +189,10 @@ def _check_split_sizes(bundle, ctx):
     for name in ("train", "valid", "test"):
         n = len(getattr(bundle, name))
         if n < ctx.world_size:
-            raise ValueError(f"{name} split: {n} samples for {ctx.world_size} processes; every process "
-                             f"needs at least one (use fewer processes)")
+            raise ValueError(
+                f"{name} split: {n} samples for {ctx.world_size} processes; every process "
+                f"needs at least one (use fewer processes)"
+            )
 
 
 def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=None, config=None):
@@ -176,7 +213,9 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
     info = bundle.info
     net = HyConModel(info, model_cfg).to(s.device)
     optimizer = make_optimizer(net, s)
-    memory = hybrid_memory(s.loss_kwargs, s.memory_size, ctx.is_distributed) if s.contrastive else None
+    memory = (
+        hybrid_memory(s.loss_kwargs, s.memory_size, ctx.is_distributed) if s.contrastive else None
+    )
     if memory is not None:
         memory.to(s.device)
     gen = torch.Generator().manual_seed(seed)
@@ -203,11 +242,18 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
             _set_rank_rng(rank_rng[ctx.rank], ctx)
         else:  # one process (or another number of ranks: all continue from rank 0's state)
             torch.set_rng_state(ck["rng"])
-            if ck["cuda_rng"] and torch.cuda.is_available():  # the checkpoint may come from more GPUs
-                for i, state in enumerate(ck["cuda_rng"][:torch.cuda.device_count()]):
+            if (
+                ck["cuda_rng"] and torch.cuda.is_available()
+            ):  # the checkpoint may come from more GPUs
+                for i, state in enumerate(ck["cuda_rng"][: torch.cuda.device_count()]):
                     torch.cuda.set_rng_state(state, i)
         gen.set_state(ck["loader_rng"])
-        start_epoch, best_loss, best_epoch, train_time = ck["epoch"] + 1, ck["best_loss"], ck["best_epoch"], ck["train_time"]
+        start_epoch, best_loss, best_epoch, train_time = (
+            ck["epoch"] + 1,
+            ck["best_loss"],
+            ck["best_epoch"],
+            ck["train_time"],
+        )
         resumed_after = ck["epoch"]
         log(f"seed {seed}: resumed from {last_path} after epoch {ck['epoch']}")
     # a pretrained backbone has parameters outside the loss (BERT's pooler); DDP must expect that
@@ -215,9 +261,19 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
 
     for epoch in range(start_epoch, s.epochs + 1):
         t0 = time.perf_counter()
-        train_parts = train_epoch(model, train_dl, optimizer, info, s, f"seed {seed} epoch {epoch}/{s.epochs}", ctx,
-                                  memory)
-        train_time += time.perf_counter() - t0  # training only, as Table 8: the validation pass is not counted
+        train_parts = train_epoch(
+            model,
+            train_dl,
+            optimizer,
+            info,
+            s,
+            f"seed {seed} epoch {epoch}/{s.epochs}",
+            ctx,
+            memory,
+        )
+        train_time += (
+            time.perf_counter() - t0
+        )  # training only, as Table 8: the validation pass is not counted
         # the plain module: DDP's forward may sync, and the shards may differ in batch count
         valid_loss, *_ = predict(net, valid_dl, info, s, ctx)  # the same on every rank
         if valid_loss < best_loss:
@@ -225,37 +281,64 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
             if main_rank:
                 checkpoint.save(best_path, dict(model=net.state_dict(), epoch=epoch))
         # every rank's dropout RNG, so a resumed DDP run continues exactly (a collective: all ranks)
-        rank_rng = {"rank_rng": distributed.gather_objects(_rank_rng(ctx), ctx)} if ctx.is_distributed else {}
+        rank_rng = (
+            {"rank_rng": distributed.gather_objects(_rank_rng(ctx), ctx)}
+            if ctx.is_distributed
+            else {}
+        )
         if main_rank:
-            checkpoint.save(last_path, dict(
-                model=net.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, best_loss=best_loss,
-                best_epoch=best_epoch, train_time=train_time, rng=torch.get_rng_state(), loader_rng=gen.get_state(),
-                cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], config=config,
-                **({"loss_memory": memory.state_dict()} if memory is not None else {}),
-                **rank_rng))
+            checkpoint.save(
+                last_path,
+                dict(
+                    model=net.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    epoch=epoch,
+                    best_loss=best_loss,
+                    best_epoch=best_epoch,
+                    train_time=train_time,
+                    rng=torch.get_rng_state(),
+                    loader_rng=gen.get_state(),
+                    cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    config=config,
+                    **({"loss_memory": memory.state_dict()} if memory is not None else {}),
+                    **rank_rng,
+                ),
+            )
         distributed.barrier(ctx)  # checkpoints complete before any rank reads them
         parts = " ".join(f"{k}={v:.4f}" for k, v in train_parts.items())
-        log(f"seed {seed} epoch {epoch}: train {parts} | valid loss {valid_loss:.4f}"
-            f"{' *' if best_epoch == epoch else ''}")
+        log(
+            f"seed {seed} epoch {epoch}: train {parts} | valid loss {valid_loss:.4f}"
+            f"{' *' if best_epoch == epoch else ''}"
+        )
 
     if best_epoch == 0:
-        raise ValueError(f"seed {seed}: no epoch gave a finite validation loss (epochs {s.epochs}); "
-                         f"nothing to select or test")
+        raise ValueError(
+            f"seed {seed}: no epoch gave a finite validation loss (epochs {s.epochs}); "
+            f"nothing to select or test"
+        )
     net.load_state_dict(checkpoint.load(best_path, required=("model", "epoch"))["model"])
     _, valid_out, valid_y, _ = predict(net, valid_dl, info, s, ctx)
     t0 = time.perf_counter()
-    test_loss, test_out, test_y, test_fused = predict(net, test_dl, info, s, ctx)  # outputs reach the CPU: synced
+    test_loss, test_out, test_y, test_fused = predict(
+        net, test_dl, info, s, ctx
+    )  # outputs reach the CPU: synced
     inference_time = time.perf_counter() - t0
     result = {
-        "seed": seed, "best_epoch": best_epoch, "valid_loss": best_loss, "test_loss": test_loss,
+        "seed": seed,
+        "best_epoch": best_epoch,
+        "valid_loss": best_loss,
+        "test_loss": test_loss,
         "valid": split_metrics(valid_out, valid_y, info, s.convention),
         "test": split_metrics(test_out, test_y, info, s.convention),
-        "params": count_parameters(net), "train_time_s": train_time,
-        "test_inference_s": inference_time, "test_samples": len(bundle.test),  # paper 4.5.8
+        "params": count_parameters(net),
+        "train_time_s": train_time,
+        "test_inference_s": inference_time,
+        "test_samples": len(bundle.test),  # paper 4.5.8
         # what the optimizer really used (a resumed run continues with the checkpoint's optimizer)
-        "lr": optimizer.param_groups[0]["lr"], "epochs": s.epochs, "resumed_after_epoch": resumed_after,
+        "lr": optimizer.param_groups[0]["lr"],
+        "epochs": s.epochs,
+        "resumed_after_epoch": resumed_after,
     }
     if len(optimizer.param_groups) > 1:
         result["text_lr"] = optimizer.param_groups[1]["lr"]
     return result, test_fused, test_y
-

@@ -2,6 +2,7 @@
 
 Every module has .out_dim, the size of the fused representation it returns.
 """
+
 from typing import NamedTuple
 
 import torch
@@ -49,13 +50,14 @@ class TensorFusion(nn.Module):
 
 class GraphNodes(NamedTuple):
     """Every node of the graph and its weight, for one batch (B samples, d values per node)."""
-    unimodal: torch.Tensor        # (B, 3, d): x^l, x^a, x^v
+
+    unimodal: torch.Tensor  # (B, 3, d): x^l, x^a, x^v
     unimodal_weights: torch.Tensor  # (B, 3): sigmoid scores, each in (0, 1), not normalised
-    bimodal: torch.Tensor         # (B, 3, d): (l, a), (l, v), (a, v), weighted
-    bimodal_weights: torch.Tensor   # (B, 3): softmax over the three pairs, sums to 1
-    trimodal: torch.Tensor        # (B, 6, d): TRIMODAL pairs, weighted
+    bimodal: torch.Tensor  # (B, 3, d): (l, a), (l, v), (a, v), weighted
+    bimodal_weights: torch.Tensor  # (B, 3): softmax over the three pairs, sums to 1
+    trimodal: torch.Tensor  # (B, 6, d): TRIMODAL pairs, weighted
     trimodal_weights: torch.Tensor  # (B, 6): softmax over the six pairs, sums to 1
-    fused: torch.Tensor           # (B, 3d): [unimodal layer; bimodal layer; trimodal layer]
+    fused: torch.Tensor  # (B, 3d): [unimodal layer; bimodal layer; trimodal layer]
 
 
 def _similarity(x, y):
@@ -97,7 +99,9 @@ class GraphFusion(nn.Module):
 
     @staticmethod
     def _pair_net(d, hidden):
-        return nn.Sequential(nn.Linear(2 * d, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, d), nn.Tanh())
+        return nn.Sequential(
+            nn.Linear(2 * d, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, d), nn.Tanh()
+        )
 
     def _score(self, s_i, s_j, x_i, x_j):
         return (s_i + s_j) / (_similarity(x_i, x_j) + self.SHIFT)
@@ -109,9 +113,11 @@ class GraphFusion(nn.Module):
         uni_out = (s_uni.unsqueeze(-1) * uni).mean(1)
 
         reps = [self.bimodal_net(torch.cat([uni[:, i], uni[:, j]], -1)) for i, j in self.PAIRS]
-        s_bi = torch.stack([self._score(s_uni[:, i], s_uni[:, j], uni[:, i], uni[:, j]) for i, j in self.PAIRS], 1)
+        s_bi = torch.stack(
+            [self._score(s_uni[:, i], s_uni[:, j], uni[:, i], uni[:, j]) for i, j in self.PAIRS], 1
+        )
         w_bi = torch.softmax(s_bi, 1)
-        bi = torch.stack([F.elu(w_bi[:, k:k + 1] * r) for k, r in enumerate(reps)], 1)
+        bi = torch.stack([F.elu(w_bi[:, k : k + 1] * r) for k, r in enumerate(reps)], 1)
 
         inputs, scores = [], []
         for kind, i, j in self.TRIMODAL:
@@ -122,7 +128,9 @@ class GraphFusion(nn.Module):
                 inputs.append(torch.cat([bi[:, i], uni[:, j]], -1))
                 scores.append(self._score(s_bi[:, i], s_uni[:, j], reps[i], uni[:, j]))
         w_tri = torch.softmax(torch.stack(scores, 1), 1)
-        tri = torch.stack([F.elu(w_tri[:, k:k + 1] * self.trimodal_net(x)) for k, x in enumerate(inputs)], 1)
+        tri = torch.stack(
+            [F.elu(w_tri[:, k : k + 1] * self.trimodal_net(x)) for k, x in enumerate(inputs)], 1
+        )
 
         fused = torch.cat([uni_out, bi.sum(1), tri.sum(1)], -1)
         return GraphNodes(uni, s_uni, bi, w_bi, tri, w_tri, fused)

@@ -4,6 +4,7 @@ Prints the paper's table layout (Tables 1/2 for MOSI/MOSEI, Table 3 for IEMOCAP)
 count and the training time (Table 8); writes results.json / results.csv and checkpoints to --out.
 Several processes: torchrun --nproc_per_node N train/main.py ... (DDP; docs/distributed.md).
 """
+
 import argparse
 import json
 import os
@@ -37,96 +38,197 @@ DEMO_LR = 1e-3  # 2e-5 needs far more epochs than a one-minute demo allows
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="train/main.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Exit status 2: a flag out of its range, a missing or malformed data file, or "
-                                       "a checkpoint that cannot be resumed, said in one line on stderr. Exit status "
-                                       "130: interrupted (Ctrl-C); the finished epochs are kept and the last line "
-                                       "gives the command that continues the run.")
+    p = argparse.ArgumentParser(
+        prog="train/main.py",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Exit status 2: a flag out of its range, a missing or malformed data file, or "
+        "a checkpoint that cannot be resumed, said in one line on stderr. Exit status "
+        "130: interrupted (Ctrl-C); the finished epochs are kept and the last line "
+        "gives the command that continues the run.",
+    )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, choices=["iemocap", "mosi", "mosei"])
     g.add_argument("--data-dir", default="data/", help="folder holding the dataset's standard file")
-    g.add_argument("--format", default="auto", choices=["auto", "mult", "mmsa", "magbert", "poria"],
-                   help="file format; auto picks the file found in --data-dir by its standard name")
-    g.add_argument("--demo", action="store_true",
-                   help=f"write a small synthetic file in the dataset's own format under OUT/demo-data and train on "
-                        f"it through the same loader (defaults then: {DEMO_EPOCHS} epochs, lr {DEMO_LR})")
-    g.add_argument("--max-seq-len", type=int, default=50, help="token sequence length for bert/xlnet")
+    g.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "mult", "mmsa", "magbert", "poria"],
+        help="file format; auto picks the file found in --data-dir by its standard name",
+    )
+    g.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"write a small synthetic file in the dataset's own format under OUT/demo-data and train on "
+        f"it through the same loader (defaults then: {DEMO_EPOCHS} epochs, lr {DEMO_LR})",
+    )
+    g.add_argument(
+        "--max-seq-len", type=int, default=50, help="token sequence length for bert/xlnet"
+    )
     g = p.add_argument_group("model")
-    g.add_argument("--text-encoder", default=None, choices=TEXT_ENCODERS,
-                   help="default: the paper's setting, bert for mosi/mosei (on a magbert or mmsa file; one line "
-                        "says so where files or weights make it impossible, and the feature transformer runs), "
-                        "transformer for iemocap; transformer = over the file's text features (GloVe / BERT "
-                        "features); bert/xlnet = pretrained, over words or token ids")
-    g.add_argument("--pretrained", default=None,
-                   help="bert/xlnet model: a Hugging Face name (the cache, else downloaded into it) or a folder "
-                        "written by save_pretrained; default bert-base-uncased / xlnet-base-cased")
-    g.add_argument("--text-pool", default="last", choices=["last", "cls"],
-                   help="bert/xlnet: x^l from the last real token (eq. 1 takes every modality's last step) or "
-                        "the [CLS] token (MAG-BERT's sentence summary)")
+    g.add_argument(
+        "--text-encoder",
+        default=None,
+        choices=TEXT_ENCODERS,
+        help="default: the paper's setting, bert for mosi/mosei (on a magbert or mmsa file; one line "
+        "says so where files or weights make it impossible, and the feature transformer runs), "
+        "transformer for iemocap; transformer = over the file's text features (GloVe / BERT "
+        "features); bert/xlnet = pretrained, over words or token ids",
+    )
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        help="bert/xlnet model: a Hugging Face name (the cache, else downloaded into it) or a folder "
+        "written by save_pretrained; default bert-base-uncased / xlnet-base-cased",
+    )
+    g.add_argument(
+        "--text-pool",
+        default="last",
+        choices=["last", "cls"],
+        help="bert/xlnet: x^l from the last real token (eq. 1 takes every modality's last step) or "
+        "the [CLS] token (MAG-BERT's sentence summary)",
+    )
     g.add_argument("--d", type=int, default=50, help="size of each unimodal representation (>= 1)")
     g.add_argument("--layers", type=int, default=1, help="Transformer layers per modality (>= 0)")
     g.add_argument("--heads", type=int, default=5, help="attention heads (>= 1, must divide --d)")
     g.add_argument("--dropout", type=float, default=0.1, help="dropout probability, in [0, 1)")
     g.add_argument("--fusion", default="add", choices=FUSIONS)
     g = p.add_argument_group("contrastive loss (eqs. 6-20)")
-    g.add_argument("--contrastive-loss", default="hycon", choices=CONTRASTIVE_LOSSES,
-                   help="hycon, or a comparison loss of eqs. 18-20 in place of IAMCL/IEMCL (Table 7)")
-    g.add_argument("--triplet-margin", type=float, default=None,
-                   help="triplet/hard-triplet: hinge max(0, d_p - d_n + MARGIN); default: eq. 19 as printed "
-                        "(d_p - d_n + 1, no hinge)")
-    g.add_argument("--pair-classes", default="sign", choices=PAIR_CLASSES,
-                   help="classes of the pairs for MOSI/MOSEI: sign (>= 0 vs < 0, paper), sign-nonzero (zero "
-                        "labels are a class of their own), 7class; IEMOCAP always uses the present emotion")
-    g.add_argument("--alpha", type=float, default=0.8, help="modality margin, in (0, 1] (1 = no margin)")
-    g.add_argument("--beta", type=float, default=0.2,
-                   help="pair selection: h = max(1, floor(beta * K)), K the global batch; in (0, 1]")
-    g.add_argument("--gamma", type=float, default=1.0,
-                   help="pair selection: w_p = softmax(1 / (s_p + gamma)); finite, > 0")
-    g.add_argument("--lambdas", default="1,1,1",
-                   help="lambda1,lambda2,lambda3 of IAMCL, IEMCL, SCL; finite, >= 0")
+    g.add_argument(
+        "--contrastive-loss",
+        default="hycon",
+        choices=CONTRASTIVE_LOSSES,
+        help="hycon, or a comparison loss of eqs. 18-20 in place of IAMCL/IEMCL (Table 7)",
+    )
+    g.add_argument(
+        "--triplet-margin",
+        type=float,
+        default=None,
+        help="triplet/hard-triplet: hinge max(0, d_p - d_n + MARGIN); default: eq. 19 as printed "
+        "(d_p - d_n + 1, no hinge)",
+    )
+    g.add_argument(
+        "--pair-classes",
+        default="sign",
+        choices=PAIR_CLASSES,
+        help="classes of the pairs for MOSI/MOSEI: sign (>= 0 vs < 0, paper), sign-nonzero (zero "
+        "labels are a class of their own), 7class; IEMOCAP always uses the present emotion",
+    )
+    g.add_argument(
+        "--alpha", type=float, default=0.8, help="modality margin, in (0, 1] (1 = no margin)"
+    )
+    g.add_argument(
+        "--beta",
+        type=float,
+        default=0.2,
+        help="pair selection: h = max(1, floor(beta * K)), K the global batch; in (0, 1]",
+    )
+    g.add_argument(
+        "--gamma",
+        type=float,
+        default=1.0,
+        help="pair selection: w_p = softmax(1 / (s_p + gamma)); finite, > 0",
+    )
+    g.add_argument(
+        "--lambdas",
+        default="1,1,1",
+        help="lambda1,lambda2,lambda3 of IAMCL, IEMCL, SCL; finite, >= 0",
+    )
     g.add_argument("--pair-selection", action="store_true", help="HyCon-v2 (eqs. 13-15)")
-    g.add_argument("--no-positive-selection", action="store_true", help="HyCon-v2 without positive selection")
-    g.add_argument("--no-negative-selection", action="store_true", help="HyCon-v2 without negative selection")
+    g.add_argument(
+        "--no-positive-selection", action="store_true", help="HyCon-v2 without positive selection"
+    )
+    g.add_argument(
+        "--no-negative-selection", action="store_true", help="HyCon-v2 without negative selection"
+    )
     g.add_argument("--no-contrastive", action="store_true", help="task loss only")
-    g.add_argument("--no-refinement", action="store_true", help="drop the refinement terms (eqs. 8, 11)")
+    g.add_argument(
+        "--no-refinement", action="store_true", help="drop the refinement terms (eqs. 8, 11)"
+    )
     g.add_argument("--no-margin", action="store_true", help="alpha = 1")
     g.add_argument("--no-iamcl", action="store_true", help="lambda1 = 0")
     g.add_argument("--no-iemcl", action="store_true", help="lambda2 = 0")
     g.add_argument("--no-scl", action="store_true", help="lambda3 = 0")
-    g.add_argument("--backend", default="auto", choices=["auto", "ext", "reference"], help="hycon_ext backend")
-    g.add_argument("--hybrid-reduction", default=HYBRID_REDUCTION, choices=["mean", "sum"],
-                   help="L_hybrid over the anchors of a batch: mean (each term averaged over its anchors, as the "
-                        "paper's expectations in eqs. 6-12; independent of K) or sum (the paper's 3.5, 'summed over "
-                        "all data samples': the contrastive terms then weigh about 3K times more against the task "
-                        "loss, so lambdas tuned under one reduction do not carry over to the other)")
-    g.add_argument("--memory-size", type=int, default=0,
-                   help="cross-batch memory of the Q most recent samples' representations (0 = off): each batch's "
-                        "anchors are also paired with them, h = max(1, floor(beta (K + Q_now))); hycon only; saved "
-                        "in the checkpoint, so --resume continues with it")
+    g.add_argument(
+        "--backend", default="auto", choices=["auto", "ext", "reference"], help="hycon_ext backend"
+    )
+    g.add_argument(
+        "--hybrid-reduction",
+        default=HYBRID_REDUCTION,
+        choices=["mean", "sum"],
+        help="L_hybrid over the anchors of a batch: mean (each term averaged over its anchors, as the "
+        "paper's expectations in eqs. 6-12; independent of K) or sum (the paper's 3.5, 'summed over "
+        "all data samples': the contrastive terms then weigh about 3K times more against the task "
+        "loss, so lambdas tuned under one reduction do not carry over to the other)",
+    )
+    g.add_argument(
+        "--memory-size",
+        type=int,
+        default=0,
+        help="cross-batch memory of the Q most recent samples' representations (0 = off): each batch's "
+        "anchors are also paired with them, h = max(1, floor(beta (K + Q_now))); hycon only; saved "
+        "in the checkpoint, so --resume continues with it",
+    )
     g = p.add_argument_group("optimisation and output")
-    g.add_argument("--lr", type=float, default=None,
-                   help=f"Adam learning rate, finite and > 0; default {PAPER_LR} as stated in the paper (sic: "
-                        f"small for the non-pretrained parts), {DEMO_LR} with --demo")
-    g.add_argument("--text-lr", type=float, default=None, help="learning rate of a pretrained text encoder "
-                                                               "(default: --lr)")
-    g.add_argument("--epochs", type=int, default=None,
-                   help=f">= 1; default {DEFAULT_EPOCHS} (the paper does not state it), {DEMO_EPOCHS} with --demo")
-    g.add_argument("--batch-size", type=int, default=32,
-                   help="mini-batch size per process, >= 1 (not stated in the paper); under torchrun the global batch "
-                        "K, whose samples the contrastive pairs span, is --batch-size x the number of processes")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"Adam learning rate, finite and > 0; default {PAPER_LR} as stated in the paper (sic: "
+        f"small for the non-pretrained parts), {DEMO_LR} with --demo",
+    )
+    g.add_argument(
+        "--text-lr",
+        type=float,
+        default=None,
+        help="learning rate of a pretrained text encoder (default: --lr)",
+    )
+    g.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f">= 1; default {DEFAULT_EPOCHS} (the paper does not state it), {DEMO_EPOCHS} with --demo",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="mini-batch size per process, >= 1 (not stated in the paper); under torchrun the global batch "
+        "K, whose samples the contrastive pairs span, is --batch-size x the number of processes",
+    )
     g.add_argument("--seed", type=int, default=1)
-    g.add_argument("--seeds", default=None, help="comma-separated seeds, each once, e.g. 1,2,3,4,5 (mean and std)")
-    g.add_argument("--out", default="runs/hycon", help="results.json, results.csv, seed*/ checkpoints")
-    g.add_argument("--resume", action="store_true",
-                   help="continue each seed from OUT/seed<N>/last.pt; the flags that change the model, the data or "
-                        "the optimisation must be those of the checkpoint (--epochs may grow)")
-    g.add_argument("--tsne", action="store_true", help="write OUT/tsne_seed<N>.png of the fused test representations "
-                                                       "(after the results; a failed plot is a warning)")
-    g.add_argument("--metrics-convention", default="magbert", choices=sorted(CONVENTIONS),
-                   help="; ".join(f"{k} = {v}" for k, v in CONVENTIONS.items()))
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...; under "
-                                                    "torchrun auto (GPU LOCAL_RANK, nccl) or cpu (gloo)")
+    g.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds, each once, e.g. 1,2,3,4,5 (mean and std)",
+    )
+    g.add_argument(
+        "--out", default="runs/hycon", help="results.json, results.csv, seed*/ checkpoints"
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each seed from OUT/seed<N>/last.pt; the flags that change the model, the data or "
+        "the optimisation must be those of the checkpoint (--epochs may grow)",
+    )
+    g.add_argument(
+        "--tsne",
+        action="store_true",
+        help="write OUT/tsne_seed<N>.png of the fused test representations "
+        "(after the results; a failed plot is a warning)",
+    )
+    g.add_argument(
+        "--metrics-convention",
+        default="magbert",
+        choices=sorted(CONVENTIONS),
+        help="; ".join(f"{k} = {v}" for k, v in CONVENTIONS.items()),
+    )
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda if available), cpu, cuda, cuda:1 ...; under "
+        "torchrun auto (GPU LOCAL_RANK, nccl) or cpu (gloo)",
+    )
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     return p
 
@@ -138,26 +240,48 @@ def loss_settings(args):
         if off:
             lambdas[i] = 0.0
     if (args.no_positive_selection or args.no_negative_selection) and not args.pair_selection:
-        raise ValueError("--no-positive-selection/--no-negative-selection: need --pair-selection (HyCon-v2)")
+        raise ValueError(
+            "--no-positive-selection/--no-negative-selection: need --pair-selection (HyCon-v2)"
+        )
     if args.contrastive_loss != "hycon" and (args.pair_selection or args.no_refinement):
-        raise ValueError(f"--pair-selection/--no-refinement: apply to --contrastive-loss hycon only, "
-                         f"not {args.contrastive_loss!r}")
+        raise ValueError(
+            f"--pair-selection/--no-refinement: apply to --contrastive-loss hycon only, "
+            f"not {args.contrastive_loss!r}"
+        )
     if args.memory_size < 0:
-        raise ValueError(f"--memory-size: expected an integer >= 0 (0 = off), got {args.memory_size}")
+        raise ValueError(
+            f"--memory-size: expected an integer >= 0 (0 = off), got {args.memory_size}"
+        )
     if args.memory_size and (args.contrastive_loss != "hycon" or args.no_contrastive):
-        raise ValueError("--memory-size: applies to the hycon loss only (not with --no-contrastive or a "
-                         "--contrastive-loss comparison loss)")
-    kw = dict(alpha=1.0 if args.no_margin else args.alpha, beta=args.beta, gamma=args.gamma,
-              lambdas=tuple(lambdas), reduction=args.hybrid_reduction, backend=args.backend)
+        raise ValueError(
+            "--memory-size: applies to the hycon loss only (not with --no-contrastive or a "
+            "--contrastive-loss comparison loss)"
+        )
+    kw = dict(
+        alpha=1.0 if args.no_margin else args.alpha,
+        beta=args.beta,
+        gamma=args.gamma,
+        lambdas=tuple(lambdas),
+        reduction=args.hybrid_reduction,
+        backend=args.backend,
+    )
     if args.contrastive_loss == "hycon":
-        kw.update(pair_selection=args.pair_selection, select_positives=not args.no_positive_selection,
-                  select_negatives=not args.no_negative_selection, refinement=not args.no_refinement)
+        kw.update(
+            pair_selection=args.pair_selection,
+            select_positives=not args.no_positive_selection,
+            select_negatives=not args.no_negative_selection,
+            refinement=not args.no_refinement,
+        )
     if args.triplet_margin is not None:
         if args.contrastive_loss not in ("triplet", "hard-triplet"):
-            raise ValueError(f"--triplet-margin: applies to --contrastive-loss triplet or hard-triplet, "
-                             f"not {args.contrastive_loss!r}")
+            raise ValueError(
+                f"--triplet-margin: applies to --contrastive-loss triplet or hard-triplet, "
+                f"not {args.contrastive_loss!r}"
+            )
         if not (np.isfinite(args.triplet_margin) and args.triplet_margin >= 0):
-            raise ValueError(f"--triplet-margin: expected a finite number >= 0, got {args.triplet_margin}")
+            raise ValueError(
+                f"--triplet-margin: expected a finite number >= 0, got {args.triplet_margin}"
+            )
         kw["triplet_margin"] = args.triplet_margin
     return kw
 
@@ -173,19 +297,33 @@ def load_data(args, out, ctx, log):
     if args.demo:
         data_dir = out / "demo-data"
         fmt, args.text_encoder, args.pretrained, lines = text_setting.demo_plan(
-            args.dataset, data_dir, fmt, args.text_encoder, args.pretrained, write=distributed.is_main(ctx))
+            args.dataset,
+            data_dir,
+            fmt,
+            args.text_encoder,
+            args.pretrained,
+            write=distributed.is_main(ctx),
+        )
         for line in lines:
             log(line)
         distributed.barrier(ctx)  # the other ranks read the files once rank 0 has written them
     setting = text_setting.resolve(args.dataset, data_dir, fmt, args.text_encoder, args.pretrained)
-    bundle = load_dataset(args.dataset, data_dir, setting.fmt, tokenizer=setting.tokenizer,
-                          max_seq_len=args.max_seq_len, text=setting.text)
+    bundle = load_dataset(
+        args.dataset,
+        data_dir,
+        setting.fmt,
+        tokenizer=setting.tokenizer,
+        max_seq_len=args.max_seq_len,
+        text=setting.text,
+    )
     setting = text_setting.after_loading(setting, bundle.info)
     if setting.note:
         log(setting.note)
     if setting.explicit and setting.encoder == "transformer" and args.text_pool != "last":
-        raise ValueError(f"--text-pool {args.text_pool}: applies to bert/xlnet; the feature transformer takes "
-                         f"the last real step (eq. 1)")
+        raise ValueError(
+            f"--text-pool {args.text_pool}: applies to bert/xlnet; the feature transformer takes "
+            f"the last real step (eq. 1)"
+        )
     args.text_encoder, args.pretrained = setting.encoder, setting.pretrained
     return bundle
 
@@ -213,14 +351,19 @@ def format_table(columns, rows):
     name_width = max(8, *(len(name) for name, _ in rows))
     lines = [" " * name_width + "".join("  " + c.rjust(w) for c, w in zip(columns, widths))]
     for (name, _), row in zip(rows, cells):
-        lines.append(name.ljust(name_width) + "".join("  " + v.rjust(w) for v, w in zip(row, widths)))
+        lines.append(
+            name.ljust(name_width) + "".join("  " + v.rjust(w) for v, w in zip(row, widths))
+        )
     return "\n".join(lines)
 
 
 def ordered_metrics(metrics, columns):
     """metrics with the table's columns first, then the other variants in their own order: the
     order of the printout, of results.json and of results.csv."""
-    return {**{c: metrics[c] for c in columns}, **{k: v for k, v in metrics.items() if k not in columns}}
+    return {
+        **{c: metrics[c] for c in columns},
+        **{k: v for k, v in metrics.items() if k not in columns},
+    }
 
 
 def write_results(out, summary):
@@ -229,8 +372,11 @@ def write_results(out, summary):
     keys = list(summary["seeds"][0]["test"].keys())
     lines = ["row," + ",".join(keys + ["params", "train_time_s", "test_inference_s", "best_epoch"])]
     for r in summary["seeds"]:
-        lines.append(f"seed{r['seed']}," + ",".join(f"{r['test'][k]:.6g}" for k in keys)
-                     + f",{r['params']},{r['train_time_s']:.3f},{r['test_inference_s']:.4f},{r['best_epoch']}")
+        lines.append(
+            f"seed{r['seed']},"
+            + ",".join(f"{r['test'][k]:.6g}" for k in keys)
+            + f",{r['params']},{r['train_time_s']:.3f},{r['test_inference_s']:.4f},{r['best_epoch']}"
+        )
     for name in ("mean", "std"):
         lines.append(f"{name}," + ",".join(f"{summary[name][k]:.6g}" for k in keys) + ",,,,")
     checkpoint.write_text(out / "results.csv", "\n".join(lines) + "\n")
@@ -239,13 +385,21 @@ def write_results(out, summary):
 def _device(args, ctx):
     """The device to train on; under torchrun also refuses what DDP training does not support."""
     if not ctx.is_distributed:
-        return args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        return (
+            args.device
+            if args.device != "auto"
+            else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
     if args.device not in ("auto", "cpu"):
-        raise ValueError(f"--device: under torchrun each process uses GPU LOCAL_RANK (auto) or the cpu; "
-                         f"got {args.device!r}")
+        raise ValueError(
+            f"--device: under torchrun each process uses GPU LOCAL_RANK (auto) or the cpu; "
+            f"got {args.device!r}"
+        )
     if args.contrastive_loss != "hycon" and not args.no_contrastive:
-        raise ValueError(f"--contrastive-loss {args.contrastive_loss}: under torchrun only hycon pairs anchors "
-                         f"across the global batch; run comparison losses in one process")
+        raise ValueError(
+            f"--contrastive-loss {args.contrastive_loss}: under torchrun only hycon pairs anchors "
+            f"across the global batch; run comparison losses in one process"
+        )
     return str(ctx.device)
 
 
@@ -266,47 +420,85 @@ def _train(args, ctx, device):
     out.mkdir(parents=True, exist_ok=True)
     seeds = seed_list(args)
     lr = args.lr if args.lr is not None else (DEMO_LR if args.demo else PAPER_LR)
-    epochs = args.epochs if args.epochs is not None else (DEMO_EPOCHS if args.demo else DEFAULT_EPOCHS)
+    epochs = (
+        args.epochs if args.epochs is not None else (DEMO_EPOCHS if args.demo else DEFAULT_EPOCHS)
+    )
     if args.demo and args.lr is None:
         log(f"demo: lr {lr} (the paper's {PAPER_LR} is the default without --demo)")
 
     bundle = load_data(args, out, ctx, log)
     info = bundle.info
     settings = TrainSettings(
-        epochs=epochs, batch_size=args.batch_size, lr=lr, text_lr=args.text_lr if args.text_lr is not None else lr,
-        contrastive=not args.no_contrastive, contrastive_loss=args.contrastive_loss,
-        pair_classes=args.pair_classes, loss_kwargs=loss_settings(args),
-        convention=args.metrics_convention, device=device, num_workers=args.num_workers,
-        memory_size=args.memory_size)
-    model_cfg = ModelConfig(d=args.d, layers=args.layers, heads=args.heads, dropout=args.dropout,
-                            fusion=args.fusion, text_encoder=args.text_encoder, pretrained=args.pretrained,
-                            text_pool=args.text_pool)
-    log(f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
-        f"test {len(bundle.test)}; dims {info.dims}; device {device}; {epochs} epochs, lr {lr}")
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=lr,
+        text_lr=args.text_lr if args.text_lr is not None else lr,
+        contrastive=not args.no_contrastive,
+        contrastive_loss=args.contrastive_loss,
+        pair_classes=args.pair_classes,
+        loss_kwargs=loss_settings(args),
+        convention=args.metrics_convention,
+        device=device,
+        num_workers=args.num_workers,
+        memory_size=args.memory_size,
+    )
+    model_cfg = ModelConfig(
+        d=args.d,
+        layers=args.layers,
+        heads=args.heads,
+        dropout=args.dropout,
+        fusion=args.fusion,
+        text_encoder=args.text_encoder,
+        pretrained=args.pretrained,
+        text_pool=args.text_pool,
+    )
+    log(
+        f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
+        f"test {len(bundle.test)}; dims {info.dims}; device {device}; {epochs} epochs, lr {lr}"
+    )
     if ctx.is_distributed:
-        log(f"distributed: {ctx.world_size} processes ({ctx.backend}), batch {args.batch_size} per process, "
-            f"global batch {args.batch_size * ctx.world_size}")
+        log(
+            f"distributed: {ctx.world_size} processes ({ctx.backend}), batch {args.batch_size} per process, "
+            f"global batch {args.batch_size * ctx.world_size}"
+        )
 
     # what a checkpoint must agree with to be resumed (train/checkpoint.py)
     config = checkpoint.run_config(
-        args, ctx.world_size, lr=settings.lr, lambdas=lambda_list(args),
+        args,
+        ctx.world_size,
+        lr=settings.lr,
+        lambdas=lambda_list(args),
         text_lr=settings.text_lr if args.text_encoder != "transformer" else args.text_lr,
         data=f"{info.name} ({info.fmt}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
-             f"test {len(bundle.test)}; dims {info.dims}")
+        f"test {len(bundle.test)}; dims {info.dims}",
+    )
     columns = SENTIMENT_COLUMNS if info.task == "regression" else emotion_columns(info.emotions)
     results, test_outputs = [], []
     t0 = time.perf_counter()
     for seed in seeds:
-        result, fused, labels = run_seed(bundle, model_cfg, settings, seed, out / f"seed{seed}",
-                                         resume=args.resume, log=log, ctx=ctx, config=config)
-        result["valid"], result["test"] = (ordered_metrics(result[k], columns) for k in ("valid", "test"))
+        result, fused, labels = run_seed(
+            bundle,
+            model_cfg,
+            settings,
+            seed,
+            out / f"seed{seed}",
+            resume=args.resume,
+            log=log,
+            ctx=ctx,
+            config=config,
+        )
+        result["valid"], result["test"] = (
+            ordered_metrics(result[k], columns) for k in ("valid", "test")
+        )
         results.append(result)
         test_outputs.append((seed, fused, labels))
     mean, std = summarise(results)
 
     if info.task == "regression":
-        log(f"\nTest metrics (Table {1 if info.name == 'mosi' else 2} layout; convention "
-            f"{args.metrics_convention}: {CONVENTIONS[args.metrics_convention]})")
+        log(
+            f"\nTest metrics (Table {1 if info.name == 'mosi' else 2} layout; convention "
+            f"{args.metrics_convention}: {CONVENTIONS[args.metrics_convention]})"
+        )
     else:
         log("\nTest metrics (Table 3 layout: per emotion accuracy and weighted F1)")
     rows = [(f"seed {r['seed']}", r["test"]) for r in results] + [("mean", mean)]
@@ -318,29 +510,51 @@ def _train(args, ctx, device):
     params = results[0]["params"]
     train_time = float(np.mean([r["train_time_s"] for r in results]))
     inference_time = float(np.mean([r["test_inference_s"] for r in results]))
-    log(f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed ({epochs} epochs, validation "
-        f"passes excluded)   Inference: {inference_time:.3f} s over the {results[0]['test_samples']} test samples")
+    log(
+        f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed ({epochs} epochs, validation "
+        f"passes excluded)   Inference: {inference_time:.3f} s over the {results[0]['test_samples']} test samples"
+    )
 
     summary = {
-        "dataset": info.name, "format": info.fmt, "task": info.task, "convention": args.metrics_convention,
-        "convention_description": CONVENTIONS[args.metrics_convention] if info.task == "regression" else None,
-        "columns": columns, "seeds": results, "mean": mean, "std": std, "params": params,
-        "train_time_s": train_time, "test_inference_s": inference_time,
-        "wall_time_s": time.perf_counter() - t0, "epochs": epochs,
+        "dataset": info.name,
+        "format": info.fmt,
+        "task": info.task,
+        "convention": args.metrics_convention,
+        "convention_description": CONVENTIONS[args.metrics_convention]
+        if info.task == "regression"
+        else None,
+        "columns": columns,
+        "seeds": results,
+        "mean": mean,
+        "std": std,
+        "params": params,
+        "train_time_s": train_time,
+        "test_inference_s": inference_time,
+        "wall_time_s": time.perf_counter() - t0,
+        "epochs": epochs,
         # the optimizer's own values (equal to the flags: --resume refuses a checkpoint that differs)
-        "lr": results[0]["lr"], "text_lr": results[0].get("text_lr"),
-        "args": vars(args), "world_size": ctx.world_size,
+        "lr": results[0]["lr"],
+        "text_lr": results[0].get("text_lr"),
+        "args": vars(args),
+        "world_size": ctx.world_size,
     }
     if distributed.is_main(ctx):
         write_results(out, summary)
     log(f"results: {out / 'results.json'}, {out / 'results.csv'}")
-    if args.tsne and distributed.is_main(ctx):  # an extra: the results are saved whatever happens here
+    if args.tsne and distributed.is_main(
+        ctx
+    ):  # an extra: the results are saved whatever happens here
         for seed, fused, labels in test_outputs:
             try:
                 log(f"t-SNE: {_plot_tsne(args, info, seed, fused, labels, out)}")
-            except Exception as err:  # e.g. too few test samples; sklearn and matplotlib raise many kinds
-                print(f"warning: --tsne: no plot for seed {seed} ({type(err).__name__}: {err}); "
-                      f"the results are saved", file=sys.stderr)
+            except (
+                Exception
+            ) as err:  # e.g. too few test samples; sklearn and matplotlib raise many kinds
+                print(
+                    f"warning: --tsne: no plot for seed {seed} ({type(err).__name__}: {err}); "
+                    f"the results are saved",
+                    file=sys.stderr,
+                )
     return summary
 
 
@@ -348,14 +562,18 @@ def _plot_tsne(args, info, seed, fused, labels, out):
     from train.tsne import plot_tsne
 
     classes = pair_classes(labels, info.task, args.pair_classes).numpy()
-    names = (info.emotions + ["none"]) if info.task == "emotion" else _class_names(args.pair_classes)
+    names = (
+        (info.emotions + ["none"]) if info.task == "emotion" else _class_names(args.pair_classes)
+    )
     return plot_tsne(fused.numpy(), classes, names, out / f"tsne_seed{seed}.png", seed=seed)
 
 
-
 def _class_names(mode):
-    return {"sign": ["negative", "non-negative"], "sign-nonzero": ["negative", "positive", "zero"],
-            "7class": [str(c) for c in range(-3, 4)]}[mode]
+    return {
+        "sign": ["negative", "non-negative"],
+        "sign-nonzero": ["negative", "positive", "zero"],
+        "7class": [str(c) for c in range(-3, 4)],
+    }[mode]
 
 
 def resume_command(argv):
@@ -367,14 +585,20 @@ def cli():
     argv = sys.argv[1:]
     try:
         main(argv)
-    except (ValueError, OSError) as err:  # DataError is a ValueError: bad flags, missing or malformed data
+    except (
+        ValueError,
+        OSError,
+    ) as err:  # DataError is a ValueError: bad flags, missing or malformed data
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C: last.pt already holds every finished epoch
         if os.environ.get("RANK", "0") == "0":
             out = build_parser().parse_args(argv).out
-            print(f"interrupted: the finished epochs are kept in {out}/seed<N>/last.pt; continue with: "
-                  f"{resume_command(argv)}", file=sys.stderr)
+            print(
+                f"interrupted: the finished epochs are kept in {out}/seed<N>/last.pt; continue with: "
+                f"{resume_command(argv)}",
+                file=sys.stderr,
+            )
         sys.exit(130)
 
 

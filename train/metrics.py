@@ -18,6 +18,7 @@ excluded) and MAE/Corr both ways (MAE_all/Corr_all on all samples, MAE_non0/Corr
 zero labels), plus its headline "Acc2", "F1", "MAE", "Corr" (the columns of the paper's tables).
 Acc7/Acc5 use np.round (round half to even) after clipping to [-3, 3] / [-2, 2].
 """
+
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
@@ -25,7 +26,7 @@ CONVENTIONS = {
     "mult": "MulT: all samples; Acc2/F1 non0 (>0 vs <0, zero labels dropped), f1_score(preds, truth)",
     "mmsa": "MMSA: all samples; Acc2/F1 headline non0, has0 = >=0 vs <0 on all samples",
     "magbert": "MAG-BERT's evaluation code conventions: Acc7/Acc5 all samples; MAE, Corr, Acc2/F1 (>=0) "
-               "on non-zero labels",
+    "on non-zero labels",
 }
 SENTIMENT_COLUMNS = ["Acc7", "Acc2", "F1", "MAE", "Corr"]  # Tables 1/2 of the paper
 
@@ -54,7 +55,11 @@ def _binary(preds, truth, *, swap_f1):
     if len(truth) == 0:
         return float("nan"), float("nan")
     acc = accuracy_score(truth, preds)
-    f1 = f1_score(preds, truth, average="weighted") if swap_f1 else f1_score(truth, preds, average="weighted")
+    f1 = (
+        f1_score(preds, truth, average="weighted")
+        if swap_f1
+        else f1_score(truth, preds, average="weighted")
+    )
     return float(acc), float(f1)
 
 
@@ -65,7 +70,9 @@ def sentiment_metrics(preds, labels, convention="magbert"):
         raise ValueError(f"convention: expected one of {sorted(CONVENTIONS)}, got {convention!r}")
     preds, truth = _as_1d("preds", preds), _as_1d("labels", labels)
     if preds.shape != truth.shape:
-        raise ValueError(f"preds and labels: expected the same length, got {len(preds)} and {len(truth)}")
+        raise ValueError(
+            f"preds and labels: expected the same length, got {len(preds)} and {len(truth)}"
+        )
     non0 = truth != 0
     out = {
         "Acc7": multiclass_acc(np.clip(preds, -3.0, 3.0), np.clip(truth, -3.0, 3.0)),
@@ -75,7 +82,9 @@ def sentiment_metrics(preds, labels, convention="magbert"):
     out["Acc2_has0"], out["F1_has0"] = _binary(preds >= 0, truth >= 0, swap_f1=swap)
     if convention == "magbert":
         # MAG-BERT thresholds at >= 0 after dropping zero labels
-        out["Acc2_non0"], out["F1_non0"] = _binary(preds[non0] >= 0, truth[non0] >= 0, swap_f1=False)
+        out["Acc2_non0"], out["F1_non0"] = _binary(
+            preds[non0] >= 0, truth[non0] >= 0, swap_f1=False
+        )
     else:
         out["Acc2_non0"], out["F1_non0"] = _binary(preds[non0] > 0, truth[non0] > 0, swap_f1=swap)
     for part, keep in (("all", slice(None)), ("non0", non0)):
@@ -97,7 +106,8 @@ def emotion_metrics(pred_classes, labels, names):
     preds, truth = np.asarray(pred_classes), np.asarray(labels)
     if preds.ndim != 2 or preds.shape != truth.shape or preds.shape[1] != len(names):
         raise ValueError(
-            f"pred_classes and labels: expected two (N, {len(names)}) arrays, got {preds.shape} and {truth.shape}")
+            f"pred_classes and labels: expected two (N, {len(names)}) arrays, got {preds.shape} and {truth.shape}"
+        )
     out = {}
     for e, name in enumerate(names):
         out[f"{name}_Acc"] = float(accuracy_score(truth[:, e], preds[:, e]))

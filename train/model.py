@@ -4,6 +4,7 @@ Batch keys (train/ contract): "text" (B, T, dt) features or "text_ids"/"text_seg
 tokens, "audio" (B, Ta, da), "vision" (B, Tv, dv) and bool masks "<m>_mask", True where a step
 is real. Sequences may be padded on either side; the masks say which steps are real.
 """
+
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,18 +19,18 @@ TEXT_ENCODERS = ("transformer", "bert", "xlnet")
 
 @dataclass
 class ModelConfig:
-    d: int = 50                      # size of every x^m (paper 4.4)
-    layers: int = 1                  # Transformer layers per modality
-    heads: int = 5                   # attention heads (must divide d)
+    d: int = 50  # size of every x^m (paper 4.4)
+    layers: int = 1  # Transformer layers per modality
+    heads: int = 5  # attention heads (must divide d)
     dropout: float = 0.1
     fusion: str = "add"
     text_encoder: str = "transformer"
-    pretrained: str = None           # model name (Hugging Face cache / download) or folder for bert/xlnet
-    text_pool: str = "last"          # bert/xlnet: x^l from the last real token (eq. 1) or the [CLS] token
+    pretrained: str = None  # model name (Hugging Face cache / download) or folder for bert/xlnet
+    text_pool: str = "last"  # bert/xlnet: x^l from the last real token (eq. 1) or the [CLS] token
 
 
 class ModelOutput(NamedTuple):
-    unimodal: tuple   # (x_l, x_a, x_v), each (B, d): the inputs of the contrastive loss
+    unimodal: tuple  # (x_l, x_a, x_v), each (B, d): the inputs of the contrastive loss
     fused: torch.Tensor
     output: torch.Tensor  # (B,) sentiment, or (B, E, 2) emotion logits
 
@@ -45,7 +46,9 @@ def last_real_step(seq, mask):
 
 def sinusoidal_positions(length, dim, device):
     pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    freq = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
     table = torch.zeros(length, dim, device=device)
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
@@ -58,8 +61,9 @@ class SequenceEncoder(nn.Module):
     def __init__(self, in_dim, cfg):
         super().__init__()
         self.inp = nn.Linear(in_dim, cfg.d)
-        layer = nn.TransformerEncoderLayer(cfg.d, cfg.heads, dim_feedforward=2 * cfg.d,
-                                           dropout=cfg.dropout, batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d, cfg.heads, dim_feedforward=2 * cfg.d, dropout=cfg.dropout, batch_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.out = nn.Linear(cfg.d, cfg.d)
 
@@ -89,13 +93,17 @@ class PretrainedTextEncoder(nn.Module):
             self.backbone = load_pretrained(AutoModel, name_or_path)
         except (OSError, ValueError) as err:  # missing files, or a folder without a model config
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise FileNotFoundError(f"--pretrained {name_or_path}: cannot load the model ({first}); "
-                                    f"{how_to_get(name_or_path)}") from None
+            raise FileNotFoundError(
+                f"--pretrained {name_or_path}: cannot load the model ({first}); "
+                f"{how_to_get(name_or_path)}"
+            ) from None
         self.pool = "last" if self.backbone.config.model_type == "xlnet" else pool
         self.proj = nn.Linear(self.backbone.config.hidden_size, d)
 
     def forward(self, ids, segment, mask):
-        hidden = self.backbone(input_ids=ids, attention_mask=mask.long(), token_type_ids=segment).last_hidden_state
+        hidden = self.backbone(
+            input_ids=ids, attention_mask=mask.long(), token_type_ids=segment
+        ).last_hidden_state
         return self.proj(hidden[:, 0] if self.pool == "cls" else last_real_step(hidden, mask))
 
 
@@ -105,27 +113,39 @@ class HyConModel(nn.Module):
         if cfg.d % cfg.heads:
             raise ValueError(f"heads: expected a divisor of d={cfg.d}, got {cfg.heads}")
         if cfg.text_encoder not in TEXT_ENCODERS:
-            raise ValueError(f"text_encoder: expected one of {TEXT_ENCODERS}, got {cfg.text_encoder!r}")
+            raise ValueError(
+                f"text_encoder: expected one of {TEXT_ENCODERS}, got {cfg.text_encoder!r}"
+            )
         self.task = info.task
         self.pretrained_text = cfg.text_encoder != "transformer"
         if self.pretrained_text:
             if info.text_kind != "tokens":
-                raise ValueError(f"text_encoder {cfg.text_encoder!r} needs token ids, but the {info.fmt} "
-                                 f"data was loaded as text features; use --text-encoder transformer")
+                raise ValueError(
+                    f"text_encoder {cfg.text_encoder!r} needs token ids, but the {info.fmt} "
+                    f"data was loaded as text features; use --text-encoder transformer"
+                )
             if not cfg.pretrained:
-                raise ValueError(f"text_encoder {cfg.text_encoder!r}: --pretrained NAME_OR_PATH is required")
+                raise ValueError(
+                    f"text_encoder {cfg.text_encoder!r}: --pretrained NAME_OR_PATH is required"
+                )
             self.text = PretrainedTextEncoder(cfg.pretrained, cfg.d, cfg.text_pool)
         else:
             if info.text_kind != "features":
-                raise ValueError("text_encoder 'transformer' needs text features, but the data holds token ids; "
-                                 "use --text-encoder bert|xlnet with --pretrained")
+                raise ValueError(
+                    "text_encoder 'transformer' needs text features, but the data holds token ids; "
+                    "use --text-encoder bert|xlnet with --pretrained"
+                )
             self.text = SequenceEncoder(info.dims["text"], cfg)
         self.audio = SequenceEncoder(info.dims["audio"], cfg)
         self.vision = SequenceEncoder(info.dims["vision"], cfg)
         self.fusion = build_fusion(cfg.fusion, cfg.d)
         n_out = 1 if self.task == "regression" else 2 * len(info.emotions)
-        self.head = nn.Sequential(nn.Linear(self.fusion.out_dim, cfg.d), nn.ReLU(),
-                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.d, n_out))
+        self.head = nn.Sequential(
+            nn.Linear(self.fusion.out_dim, cfg.d),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.d, n_out),
+        )
 
     def text_parameters(self):
         """Parameters of a pretrained text encoder (they get --text-lr); empty otherwise."""

@@ -9,6 +9,7 @@ Pair classes (which samples count as the same class for the contrastive pairs):
 - emotion (IEMOCAP): the index of the present emotion (argmax of the multi-hot label); a sample
   with none of the emotions present gets its own class E (= number of emotions).
 """
+
 from typing import NamedTuple
 
 import torch
@@ -30,13 +31,19 @@ def pair_classes(labels, task, mode="sign"):
     """Integer class id per sample for the contrastive pairs (see the module docstring)."""
     if task == "emotion":
         if labels.dim() != 2:
-            raise ValueError(f"labels: expected (K, E) emotion labels, got shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels: expected (K, E) emotion labels, got shape {tuple(labels.shape)}"
+            )
         present = labels.sum(1) > 0
-        return torch.where(present, labels.argmax(1), torch.full_like(labels[:, 0], labels.shape[1])).long()
+        return torch.where(
+            present, labels.argmax(1), torch.full_like(labels[:, 0], labels.shape[1])
+        ).long()
     if mode == "sign":
         return (labels >= 0).long()
     if mode == "sign-nonzero":
-        return torch.where(labels == 0, torch.full_like(labels, 2), (labels > 0).to(labels.dtype)).long()
+        return torch.where(
+            labels == 0, torch.full_like(labels, 2), (labels > 0).to(labels.dtype)
+        ).long()
     if mode == "7class":
         return (torch.round(labels.clamp(-3.0, 3.0)) + 3).long()
     raise ValueError(f"pair_classes mode: expected one of {PAIR_CLASSES}, got {mode!r}")
@@ -106,14 +113,33 @@ def comparison_loss(kind, x_l, x_a, x_v, classes, reduction="mean", triplet_marg
     sim = z @ z.T
     ids = row_descriptors(classes, N_MODALITIES)
     positives, negatives = pair_masks(ids, ids, [INTRA, INTER])  # docs/design.md pair modes
-    return tuple(_comparison_term(kind, z, sim, positives[m], negatives[m], reduction, triplet_margin)
-                 for m in range(2))
+    return tuple(
+        _comparison_term(kind, z, sim, positives[m], negatives[m], reduction, triplet_margin)
+        for m in range(2)
+    )
 
 
-def hybrid_loss(x_l, x_a, x_v, classes, *, loss="hycon", alpha=0.8, beta=0.2, gamma=1.0,
-                lambdas=(1.0, 1.0, 1.0), pair_selection=False, select_positives=True,
-                select_negatives=True, refinement=True, reduction="mean", backend="auto",
-                global_batch=False, memory=None, triplet_margin=None):
+def hybrid_loss(
+    x_l,
+    x_a,
+    x_v,
+    classes,
+    *,
+    loss="hycon",
+    alpha=0.8,
+    beta=0.2,
+    gamma=1.0,
+    lambdas=(1.0, 1.0, 1.0),
+    pair_selection=False,
+    select_positives=True,
+    select_negatives=True,
+    refinement=True,
+    reduction="mean",
+    backend="auto",
+    global_batch=False,
+    memory=None,
+    triplet_margin=None,
+):
     """L_hybrid (eq. 16). loss="hycon" is hycon_ext's loss; the others replace IAMCL/IEMCL by
     eqs. 18-20 and keep SCL (with its margin alpha). reduction: "mean" over the anchors, or
     "sum" (paper 3.5: "summed over all data samples").
@@ -139,16 +165,38 @@ def hybrid_loss(x_l, x_a, x_v, classes, *, loss="hycon", alpha=0.8, beta=0.2, ga
         raise ValueError(f"memory: a cross-batch memory applies to loss 'hycon' only, not {loss!r}")
     if loss == "hycon":
         fn = hycon_loss_distributed if global_batch else hycon_loss
-        out = fn(x_l, x_a, x_v, classes, alpha=alpha, beta=beta, gamma=gamma,
-                 lambdas=tuple(lambdas), pair_selection=pair_selection,
-                 select_positives=select_positives, select_negatives=select_negatives,
-                 refinement=refinement, reduction=reduction, backend=backend)
+        out = fn(
+            x_l,
+            x_a,
+            x_v,
+            classes,
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            lambdas=tuple(lambdas),
+            pair_selection=pair_selection,
+            select_positives=select_positives,
+            select_negatives=select_negatives,
+            refinement=refinement,
+            reduction=reduction,
+            backend=backend,
+        )
         return HybridTerms(out.total, out.scl, out.iamcl, out.iemcl)
     if global_batch:
-        raise ValueError(f"loss: {loss!r} pairs only the local batch; under torchrun (several "
-                         f"processes) only 'hycon' pairs anchors across the global batch")
-    scl = hycon_loss(x_l, x_a, x_v, classes, alpha=alpha, lambdas=(0.0, 0.0, 1.0), reduction=reduction,
-                     backend=backend).scl
+        raise ValueError(
+            f"loss: {loss!r} pairs only the local batch; under torchrun (several "
+            f"processes) only 'hycon' pairs anchors across the global batch"
+        )
+    scl = hycon_loss(
+        x_l,
+        x_a,
+        x_v,
+        classes,
+        alpha=alpha,
+        lambdas=(0.0, 0.0, 1.0),
+        reduction=reduction,
+        backend=backend,
+    ).scl
     intra, inter = comparison_loss(loss, x_l, x_a, x_v, classes, reduction, triplet_margin)
     total = lambdas[0] * intra + lambdas[1] * inter + lambdas[2] * scl
     return HybridTerms(total, scl, intra, inter)

@@ -12,6 +12,7 @@ Weights come through transformers' from_pretrained: the Hugging Face cache first
 download into it where the network allows (HF_HUB_OFFLINE=1 skips the download attempt, which
 otherwise retries for about a minute without a network).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,20 +22,28 @@ from pathlib import Path
 from train.data.errors import DataError
 from train.data.locate import find_file
 
-PAPER_MODELS = {"bert": "bert-base-uncased", "xlnet": "xlnet-base-cased"}  # MAG-BERT / MAG-XLNet's choices
+PAPER_MODELS = {
+    "bert": "bert-base-uncased",
+    "xlnet": "xlnet-base-cased",
+}  # MAG-BERT / MAG-XLNet's choices
 TOKEN_FORMATS = ("magbert", "mmsa")  # files that carry words or token ids
 FEATURE_FORMATS = ("mmsa", "mult", "poria")  # files that carry text features
 TEXT_POOLS = ("last", "cls")
-DEMO_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                 max_position_embeddings=128)
+DEMO_BERT = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+)
 
 
 @dataclass
 class TextSetting:
-    encoder: str           # "transformer" | "bert" | "xlnet"
+    encoder: str  # "transformer" | "bert" | "xlnet"
     pretrained: str | None  # model name or folder for bert/xlnet
-    fmt: str               # the format to read
-    text: str              # what to read from an MMSA file: "auto" | "features"
+    fmt: str  # the format to read
+    text: str  # what to read from an MMSA file: "auto" | "features"
     tokenizer: object = None
     explicit: bool = False  # the user named --text-encoder
     note: str | None = None  # one line when this is not the paper's setting
@@ -49,7 +58,10 @@ def load_pretrained(cls, name):
     try:
         return cls.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError):
-        if Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        if Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in (
+            "0",
+            "",
+        ):
             raise
     finally:
         logging.enable_progress_bar()
@@ -57,10 +69,12 @@ def load_pretrained(cls, name):
 
 
 def how_to_get(name):
-    return (f"get it with network access: python -c \"from transformers import AutoModel, AutoTokenizer; "
-            f"AutoModel.from_pretrained('{name}'); AutoTokenizer.from_pretrained('{name}')\" (fills the Hugging "
-            f"Face cache, ~/.cache/huggingface, which can be copied here), or pass --pretrained with a folder "
-            f"written by save_pretrained")
+    return (
+        f'get it with network access: python -c "from transformers import AutoModel, AutoTokenizer; '
+        f"AutoModel.from_pretrained('{name}'); AutoTokenizer.from_pretrained('{name}')\" (fills the Hugging "
+        f"Face cache, ~/.cache/huggingface, which can be copied here), or pass --pretrained with a folder "
+        f"written by save_pretrained"
+    )
 
 
 def _short(err):
@@ -68,8 +82,10 @@ def _short(err):
 
 
 def _note(why, path, fmt):
-    return (f"note: not the paper's setting (BERT over the words of each utterance): {why}; training the "
-            f"feature Transformer over the text features of {Path(path).name} ({fmt}) instead")
+    return (
+        f"note: not the paper's setting (BERT over the words of each utterance): {why}; training the "
+        f"feature Transformer over the text features of {Path(path).name} ({fmt}) instead"
+    )
 
 
 def _fallback(dataset, data_dir, fmt, why):
@@ -80,8 +96,10 @@ def _fallback(dataset, data_dir, fmt, why):
     except DataError:
         found = None
     if found not in FEATURE_FORMATS:
-        raise DataError(f"{dataset}: {why}, and no file with text features (formats {list(FEATURE_FORMATS)}) "
-                        f"is in {data_dir} for the feature Transformer")
+        raise DataError(
+            f"{dataset}: {why}, and no file with text features (formats {list(FEATURE_FORMATS)}) "
+            f"is in {data_dir} for the feature Transformer"
+        )
     return TextSetting("transformer", None, found, "features", note=_note(why, path, found))
 
 
@@ -96,7 +114,9 @@ def resolve(dataset, data_dir, fmt="auto", encoder=None, pretrained=None):
     name = pretrained or PAPER_MODELS[encoder]
     found, path = find_file(dataset, data_dir, fmt, prefer=TOKEN_FORMATS)
     if found not in TOKEN_FORMATS:
-        why = f"{path.name} ({found}) holds text features, not the words or token ids {encoder} needs"
+        why = (
+            f"{path.name} ({found}) holds text features, not the words or token ids {encoder} needs"
+        )
         if explicit:
             raise DataError(f"--text-encoder {encoder}: {why}; use a magbert or mmsa file")
         return _fallback(dataset, data_dir, fmt, why)
@@ -106,10 +126,17 @@ def resolve(dataset, data_dir, fmt="auto", encoder=None, pretrained=None):
         tokenizer = load_pretrained(AutoTokenizer, name)
     except (OSError, ValueError) as err:
         if explicit:
-            raise DataError(f"--text-encoder {encoder}: cannot load the tokenizer of {name!r} ({_short(err)}); "
-                            f"{how_to_get(name)}") from None
-        return _fallback(dataset, data_dir, fmt, f"{name} is not in the Hugging Face cache and could not be "
-                                                 f"downloaded ({_short(err)}); {how_to_get(name)}")
+            raise DataError(
+                f"--text-encoder {encoder}: cannot load the tokenizer of {name!r} ({_short(err)}); "
+                f"{how_to_get(name)}"
+            ) from None
+        return _fallback(
+            dataset,
+            data_dir,
+            fmt,
+            f"{name} is not in the Hugging Face cache and could not be "
+            f"downloaded ({_short(err)}); {how_to_get(name)}",
+        )
     return TextSetting(encoder, name, found, "auto", tokenizer, explicit)
 
 
@@ -121,7 +148,9 @@ def after_loading(setting, info):
     why = f"{Path(info.path).name} has no token ids"
     if setting.explicit:
         raise DataError(f"--text-encoder {setting.encoder}: {why}")
-    return TextSetting("transformer", None, info.fmt, "features", note=_note(why, info.path, info.fmt))
+    return TextSetting(
+        "transformer", None, info.fmt, "features", note=_note(why, info.path, info.fmt)
+    )
 
 
 def write_demo_bert(directory, seed=0):
@@ -141,7 +170,9 @@ def write_demo_bert(directory, seed=0):
         torch.manual_seed(seed)
         logging.disable_progress_bar()
         try:
-            BertModel(BertConfig(vocab_size=len(DEMO_VOCAB), **DEMO_BERT)).save_pretrained(directory)
+            BertModel(BertConfig(vocab_size=len(DEMO_VOCAB), **DEMO_BERT)).save_pretrained(
+                directory
+            )
         finally:
             logging.enable_progress_bar()
     tokenizer.save_pretrained(directory)
@@ -156,17 +187,25 @@ def demo_plan(dataset, data_dir, fmt, encoder, pretrained, write):
     from train.data import write_demo
 
     data_dir = Path(data_dir)
-    bert_demo = (dataset in ("mosi", "mosei") and encoder in (None, "bert") and fmt in ("auto", "magbert")
-                 and not pretrained)
+    bert_demo = (
+        dataset in ("mosi", "mosei")
+        and encoder in (None, "bert")
+        and fmt in ("auto", "magbert")
+        and not pretrained
+    )
     if bert_demo:
         fmt, encoder, pretrained = "magbert", "bert", str(data_dir / "tiny-bert")
     if not write:
         return fmt, encoder, pretrained, []
-    lines = [f"demo: wrote synthetic {dataset} data to {write_demo(dataset, data_dir, fmt, seed=0)}"]
+    lines = [
+        f"demo: wrote synthetic {dataset} data to {write_demo(dataset, data_dir, fmt, seed=0)}"
+    ]
     if bert_demo:
         write_demo_bert(pretrained)
-        lines.append(f"demo: text encoder: a small randomly initialised BERT-architecture model "
-                     f"({DEMO_BERT['num_hidden_layers']} layers, hidden {DEMO_BERT['hidden_size']}; "
-                     f"{pretrained}), not the pretrained {PAPER_MODELS['bert']} of the paper: the demo "
-                     f"stays offline")
+        lines.append(
+            f"demo: text encoder: a small randomly initialised BERT-architecture model "
+            f"({DEMO_BERT['num_hidden_layers']} layers, hidden {DEMO_BERT['hidden_size']}; "
+            f"{pretrained}), not the pretrained {PAPER_MODELS['bert']} of the paper: the demo "
+            f"stays offline"
+        )
     return fmt, encoder, pretrained, lines

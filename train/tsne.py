@@ -1,8 +1,11 @@
 """t-SNE plot of fused test representations coloured by class (the paper's Fig. 4)."""
+
 import numpy as np
 
 
-def plot_tsne(features, classes, class_names, path, seed=0, title="t-SNE of fused test representations"):
+def plot_tsne(
+    features, classes, class_names, path, seed=0, title="t-SNE of fused test representations"
+):
     """features (N, f), classes (N,) ints indexing class_names; writes a PNG to path."""
     if len(features) < 3:  # before the slow imports
         raise ValueError(f"features: t-SNE needs at least 3 samples, got {len(features)}")
@@ -14,13 +17,20 @@ def plot_tsne(features, classes, class_names, path, seed=0, title="t-SNE of fuse
 
     features, classes = np.asarray(features, dtype=np.float64), np.asarray(classes)
     perplexity = min(30.0, (len(features) - 1) / 3.0)  # sklearn requires perplexity < n_samples
-    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    points = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=seed
+    ).fit_transform(features)
     fig, ax = plt.subplots(figsize=(5, 5))
     markers = ["x", "o", "^", "s", "v", "D", "P", "*"]
     for c in np.unique(classes):
         sel = classes == c
-        ax.scatter(points[sel, 0], points[sel, 1], s=10, marker=markers[int(c) % len(markers)],
-                   label=class_names[int(c)] if int(c) < len(class_names) else str(c))
+        ax.scatter(
+            points[sel, 0],
+            points[sel, 1],
+            s=10,
+            marker=markers[int(c) % len(markers)],
+            label=class_names[int(c)] if int(c) < len(class_names) else str(c),
+        )
     ax.legend(loc="best", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])

@@ -18,14 +18,14 @@ constexpr size_t kInputs = 10;  // forward arguments: za, zc, a_ids, c_ids, mode
 class HardPairSumsFunction : public torch::autograd::Function<HardPairSumsFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Variable& za, const Variable& zc,
-                               const Variable& a_ids, const Variable& c_ids,
-                               at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-                               double gamma, bool select_pos, bool select_neg) {
+                               const Variable& a_ids, const Variable& c_ids, at::IntArrayRef modes,
+                               at::ArrayRef<double> targets, int64_t h, double gamma,
+                               bool select_pos, bool select_neg) {
     at::Tensor stats, state;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(stats, state) = hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma,
-                                              select_pos, select_neg);
+      std::tie(stats, state) =
+          hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg);
     }
     ctx->save_for_backward({za, zc, a_ids, c_ids, state});
     ctx->saved_data["modes"] = modes.vec();
@@ -75,9 +75,9 @@ class HardPairSumsBackwardFunction
 };
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_autograd(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-    double gamma, bool select_pos, bool select_neg) {
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
+    bool select_neg) {
   const auto out = HardPairSumsFunction::apply(za, zc, a_ids, c_ids, modes, targets, h, gamma,
                                                select_pos, select_neg);
   return {out[0], out[1]};

@@ -14,7 +14,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
-constexpr size_t kLosses = 4;  // total, scl, iamcl, iemcl
+constexpr size_t kLosses = 4;   // total, scl, iamcl, iemcl
 constexpr size_t kInputs = 12;  // forward arguments: x_l, x_a, x_v, labels, alpha, ...
 
 class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> {
@@ -22,12 +22,11 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
   static variable_list forward(AutogradContext* ctx, const Variable& x_l, const Variable& x_a,
                                const Variable& x_v, const Variable& labels, double alpha,
                                at::ArrayRef<double> lambdas, int64_t h, double gamma,
-                               bool select_pos, bool select_neg, bool selection,
-                               bool refinement) {
+                               bool select_pos, bool select_neg, bool selection, bool refinement) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [total, scl, iamcl, iemcl, z, terms, stats, state, sim] =
         loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
-                   selection, refinement);
+                    selection, refinement);
     ctx->save_for_backward({labels, z, terms, stats, state, sim});
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["lambdas"] = lambdas.vec();
@@ -80,13 +79,12 @@ class LossValuesBackwardFunction : public torch::autograd::Function<LossValuesBa
                                const Variable& labels, const Variable& z, double alpha,
                                at::ArrayRef<double> lambdas, double gamma, bool select_pos,
                                bool select_neg, bool selection, bool refinement,
-                               const Variable& terms, const Variable& stats,
-                               const Variable& state, const Variable& sim,
-                               at::ScalarType dtype) {
+                               const Variable& terms, const Variable& stats, const Variable& state,
+                               const Variable& sim, at::ScalarType dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [grad_l, grad_a, grad_v] =
-        loss_values_backward(grad_losses, labels, z, alpha, lambdas, gamma, select_pos,
-                            select_neg, selection, refinement, terms, stats, state, sim, dtype);
+        loss_values_backward(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg,
+                             selection, refinement, terms, stats, state, sim, dtype);
     return {grad_l, grad_a, grad_v};
   }
 
@@ -95,24 +93,24 @@ class LossValuesBackwardFunction : public torch::autograd::Function<LossValuesBa
   }
 };
 
-LossValuesOutputs
-loss_values_autograd(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
-                    const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
-                    int64_t h, double gamma, bool select_pos, bool select_neg, bool selection,
-                    bool refinement) {
+LossValuesOutputs loss_values_autograd(const at::Tensor& x_l, const at::Tensor& x_a,
+                                       const at::Tensor& x_v, const at::Tensor& labels,
+                                       double alpha, at::ArrayRef<double> lambdas, int64_t h,
+                                       double gamma, bool select_pos, bool select_neg,
+                                       bool selection, bool refinement) {
   const auto out = LossValuesFunction::apply(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma,
-                                            select_pos, select_neg, selection, refinement);
+                                             select_pos, select_neg, selection, refinement);
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_autograd(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
-  const auto out = LossValuesBackwardFunction::apply(grad_losses, labels, z, alpha, lambdas,
-                                                    gamma, select_pos, select_neg, selection,
-                                                    refinement, terms, stats, state, sim, dtype);
+    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
+    const at::Tensor& sim, at::ScalarType dtype) {
+  const auto out = LossValuesBackwardFunction::apply(grad_losses, labels, z, alpha, lambdas, gamma,
+                                                     select_pos, select_neg, selection, refinement,
+                                                     terms, stats, state, sim, dtype);
   return {out[0], out[1], out[2]};
 }
 

@@ -41,8 +41,7 @@ class PairSumsBackwardFunction : public torch::autograd::Function<PairSumsBackwa
                                const Variable& c_ids, at::IntArrayRef modes,
                                at::ArrayRef<double> targets) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [grad_za, grad_zc] =
-        pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets);
+    auto [grad_za, grad_zc] = pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets);
     return {grad_za, grad_zc};
   }
 
@@ -51,9 +50,9 @@ class PairSumsBackwardFunction : public torch::autograd::Function<PairSumsBackwa
   }
 };
 
-at::Tensor pair_sums_autograd(const at::Tensor& za, const at::Tensor& zc,
-                              const at::Tensor& a_ids, const at::Tensor& c_ids,
-                              at::IntArrayRef modes, at::ArrayRef<double> targets) {
+at::Tensor pair_sums_autograd(const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
+                              const at::Tensor& c_ids, at::IntArrayRef modes,
+                              at::ArrayRef<double> targets) {
   return PairSumsFunction::apply(za, zc, a_ids, c_ids, modes, targets);
 }
 

@@ -18,10 +18,9 @@ constexpr size_t kInputs = 12;  // forward arguments: za, zc, a_ids, c_ids, mode
 class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Variable& za, const Variable& zc,
-                               const Variable& a_ids, const Variable& c_ids,
-                               at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-                               double gamma, bool select_pos, bool select_neg, bool selection,
-                               bool refinement) {
+                               const Variable& a_ids, const Variable& c_ids, at::IntArrayRef modes,
+                               at::ArrayRef<double> targets, int64_t h, double gamma,
+                               bool select_pos, bool select_neg, bool selection, bool refinement) {
     at::Tensor terms, stats, state;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -69,8 +68,8 @@ class PairTermsBackwardFunction : public torch::autograd::Function<PairTermsBack
                                const Variable& stats, const Variable& state) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [grad_za, grad_zc] =
-        pair_terms_backward(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma,
-                            select_pos, select_neg, selection, refinement, stats, state);
+        pair_terms_backward(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos,
+                            select_neg, selection, refinement, stats, state);
     return {grad_za, grad_zc};
   }
 
@@ -80,9 +79,9 @@ class PairTermsBackwardFunction : public torch::autograd::Function<PairTermsBack
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_autograd(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-    double gamma, bool select_pos, bool select_neg, bool selection, bool refinement) {
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
+    bool select_neg, bool selection, bool refinement) {
   const auto out = PairTermsFunction::apply(za, zc, a_ids, c_ids, modes, targets, h, gamma,
                                             select_pos, select_neg, selection, refinement);
   return {out[0], out[1], out[2]};
@@ -91,11 +90,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_autograd(
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward_autograd(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
-  const auto out = PairTermsBackwardFunction::apply(grad_terms, za, zc, a_ids, c_ids, modes,
-                                                    targets, gamma, select_pos, select_neg,
-                                                    selection, refinement, stats, state);
+    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+  const auto out =
+      PairTermsBackwardFunction::apply(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma,
+                                       select_pos, select_neg, selection, refinement, stats, state);
   return {out[0], out[1]};
 }
 

@@ -27,11 +27,10 @@ class SimilarityFunction : public torch::autograd::Function<SimilarityFunction> 
 };
 
 // The backward op is differentiable-looking but has no double backward.
-class SimilarityBackwardFunction
-    : public torch::autograd::Function<SimilarityBackwardFunction> {
+class SimilarityBackwardFunction : public torch::autograd::Function<SimilarityBackwardFunction> {
  public:
-  static variable_list forward(AutogradContext* /*ctx*/, const Variable& grad,
-                               const Variable& x, const Variable& y) {
+  static variable_list forward(AutogradContext* /*ctx*/, const Variable& grad, const Variable& x,
+                               const Variable& y) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [grad_x, grad_y] = similarity_backward(grad, x, y);
     return {grad_x, grad_y};
@@ -46,8 +45,9 @@ at::Tensor similarity_autograd(const at::Tensor& x, const at::Tensor& y) {
   return SimilarityFunction::apply(x, y);
 }
 
-std::tuple<at::Tensor, at::Tensor> similarity_backward_autograd(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y) {
+std::tuple<at::Tensor, at::Tensor> similarity_backward_autograd(const at::Tensor& grad,
+                                                                const at::Tensor& x,
+                                                                const at::Tensor& y) {
   const auto out = SimilarityBackwardFunction::apply(grad, x, y);
   return {out[0], out[1]};
 }

@@ -7,9 +7,9 @@ namespace hycon_ext {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_cpu(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h,
-    double gamma, bool select_pos, bool select_neg) {
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
+    bool select_neg) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
   check_selection_args(h, gamma);
   const cpu::Selection sel{true, h, gamma, select_pos, select_neg};

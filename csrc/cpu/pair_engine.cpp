@@ -62,8 +62,9 @@ struct Plan {
   Plan(at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel) {
     for (size_t k = 0; k < modes.size(); ++k) {
       const bool selectable = sel.enabled && modes[k] != SAME_SAMPLE;
-      ModeCfg mc{targets[k], selectable && sel.select_pos, selectable && sel.select_neg, {}, -1,
-                 -1, 0u, 0u};
+      ModeCfg mc{
+          targets[k], selectable && sel.select_pos, selectable && sel.select_neg, {}, -1, -1, 0u,
+          0u};
       for (int rel = 0; rel < kRelations; ++rel) {
         // Descriptors that realise `rel` against the anchor (0, 0, 0).
         mc.kind[rel] = classify_pair(modes[k], 0, 0, 0, (rel & 1) ? 0 : 1, (rel & 2) ? 0 : 1,
@@ -94,7 +95,7 @@ struct Plan {
     bool sel_pos;  // top-h selection + detached softmax(1/(s+gamma)) weights on positives
     bool sel_neg;  // top-h selection + softmax(s) weights on negatives
     int kind[kRelations];
-    int pos_slot, neg_slot;  // index into sides; discard_slot() without selection
+    int pos_slot, neg_slot;             // index into sides; discard_slot() without selection
     unsigned pos_members, neg_members;  // bit rel: relation rel is on the selected side
   };
   // A side whose pairs go through selection. Sides are in mode order, so the backward adds a
@@ -214,13 +215,13 @@ inline void row_relations(const int64_t* a, const int64_t* c_ids, const Candidat
 // member has (a mode's selected pairs are all within the anchor's modality, or all across:
 // INTRA scans a third of the row, INTER two thirds), else all of [0, m).
 template <typename F>
-void for_member_ranges(const CandidateColumns* cols, const int64_t* a, unsigned members,
-                       int64_t m, F&& f) {
+void for_member_ranges(const CandidateColumns* cols, const int64_t* a, unsigned members, int64_t m,
+                       F&& f) {
   if (cols == nullptr) {
     f(int64_t(0), m);
     return;
   }
-  constexpr unsigned kSameModality = 0xCC;  // relations 2, 3, 6, 7
+  constexpr unsigned kSameModality = 0xCC;   // relations 2, 3, 6, 7
   constexpr unsigned kOtherModality = 0x33;  // relations 0, 1, 4, 5
   for (const auto& run : cols->runs) {
     const bool same = run.modality == a[kDescModality];
@@ -242,8 +243,8 @@ void relation_sums(const scalar_t* s_row, int64_t m, const int64_t* a, const int
         double sum[kCases], sq[kCases];
         int64_t count[kCases];
         case_sums(s_row, cols->cls.data(), cols->smp.data(), run.begin, run.end,
-                  static_cast<int32_t>(a[kDescClass]), static_cast<int32_t>(a[kDescSample]),
-                  sum, sq, count);
+                  static_cast<int32_t>(a[kDescClass]), static_cast<int32_t>(a[kDescSample]), sum,
+                  sq, count);
         const bool same_modality = run.modality == a[kDescModality];
         for (int c = 0; c < kCases; ++c) {
           const int rel = case_relation(c, same_modality);
@@ -330,8 +331,8 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       }
     }
 
-    scalar_t t_p = inf, j_p = static_cast<scalar_t>(m), t_n = -inf,
-             j_n = static_cast<scalar_t>(m), m_p = 0, sum_p = 1, sum_n = 1;
+    scalar_t t_p = inf, j_p = static_cast<scalar_t>(m), t_n = -inf, j_n = static_cast<scalar_t>(m),
+             m_p = 0, sum_p = 1, sum_n = 1;
     int64_t pos_count = n_pos;
     if (mc.sel_pos) {
       Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
@@ -533,9 +534,8 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
-    const Selection& sel, at::Tensor* sim) {
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel, at::Tensor* sim) {
   const auto dtype = compute_dtype(za.scalar_type());
   const at::Tensor za_c = as_dtype(za, dtype).contiguous();
   const at::Tensor zc_c = as_dtype(zc, dtype).contiguous();
@@ -568,11 +568,10 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
         RowScratch<scalar_t> scratch(plan, m, /*backward=*/false);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = begin + r;
-          forward_row<scalar_t>(s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr,
-                                cols ? &*cols : nullptr, plan, sel,
-                                stats_ptr + i * n_modes * kStatCols,
-                                state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
-                                scratch);
+          forward_row<scalar_t>(
+              s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, cols ? &*cols : nullptr, plan, sel,
+              stats_ptr + i * n_modes * kStatCols,
+              state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr, scratch);
         }
       });
     }
@@ -663,11 +662,10 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
         RowScratch<scalar_t> scratch(plan, m, /*backward=*/true);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = begin + r;
-          backward_row<scalar_t>(s_ptr + r * m, ds_ptr + r * m, m, a_ptr + i * kDescCols,
-                                 c_ptr, cols ? &*cols : nullptr, plan, sel,
-                                 grad_ptr + i * n_modes * kStatCols,
-                                 state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr,
-                                 scratch);
+          backward_row<scalar_t>(
+              s_ptr + r * m, ds_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr,
+              cols ? &*cols : nullptr, plan, sel, grad_ptr + i * n_modes * kStatCols,
+              state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr, scratch);
         }
       });
       // S = za zc^T: dL/dza = dS zc, dL/dzc = dS^T za. Chunks run one after another, so
@@ -709,8 +707,8 @@ at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at:
                                          const at::Tensor& ids, at::IntArrayRef modes,
                                          at::ArrayRef<double> targets, const Selection& sel,
                                          const at::Tensor& state, const at::Tensor& sim) {
-  return std::get<0>(pair_stats_backward_impl(grad_stats, z, z, ids, ids, modes, targets, sel,
-                                              state, sim, true));
+  return std::get<0>(
+      pair_stats_backward_impl(grad_stats, z, z, ids, ids, modes, targets, sel, state, sim, true));
 }
 
 }  // namespace hycon_ext::cpu

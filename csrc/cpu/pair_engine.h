@@ -21,9 +21,9 @@ struct Selection {
 // (N, M) similarities (compute dtype) are handed back there when they fit one chunk (no extra
 // memory: the chunk buffer is kept instead of freed), else *sim is left undefined.
 std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
-    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
-    const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
-    const Selection& sel, at::Tensor* sim = nullptr);
+    const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel,
+    at::Tensor* sim = nullptr);
 
 // (grad_za, grad_zc); state is the forward's when sel.enabled, else ignored. sim: the
 // forward's kept similarities (read only), or undefined to recompute them.
@@ -36,9 +36,10 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
 // pair_stats_backward when the anchors and the candidates are the same rows (za = zc = z, same
 // descriptors): dL/dz = dS z + dS^T z, in the compute dtype. With a small kept S that is one
 // GEMM on a symmetrised dS instead of two GEMMs and a sum.
-at::Tensor pair_stats_backward_same_rows(
-    const at::Tensor& grad_stats, const at::Tensor& z, const at::Tensor& ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel,
-    const at::Tensor& state, const at::Tensor& sim = at::Tensor());
+at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at::Tensor& z,
+                                         const at::Tensor& ids, at::IntArrayRef modes,
+                                         at::ArrayRef<double> targets, const Selection& sel,
+                                         const at::Tensor& state,
+                                         const at::Tensor& sim = at::Tensor());
 
 }  // namespace hycon_ext::cpu

@@ -95,9 +95,9 @@ __global__ void softmax_rows_kernel(const TI* __restrict__ x_l, const TI* __rest
 // Per-row partial sums of split blockIdx.y over its candidate tiles: part (splits, rows,
 // kRowSums) in double. Sums of one candidate tile are added in T, then flushed to double.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) row_sums_kernel(
-    const T* __restrict__ z, const int64_t* __restrict__ labels, int64_t k, int64_t d, T alpha,
-    int64_t splits, double* __restrict__ part) {
+__global__ void __launch_bounds__(kThreads)
+    row_sums_kernel(const T* __restrict__ z, const int64_t* __restrict__ labels, int64_t k,
+                    int64_t d, T alpha, int64_t splits, double* __restrict__ part) {
   __shared__ T sa[kDepth][kStatsTileA + 1];
   __shared__ T sb[kDepth][kTileC + 1];
   __shared__ TileRows cand;
@@ -203,9 +203,9 @@ __global__ void row_stats_kernel(const double* __restrict__ part, int64_t rows, 
 // One block: terms (2, 3) and the four losses from stats, summed in a fixed order.
 constexpr int kEpilogueThreads = 256;
 template <typename T>
-__global__ void __launch_bounds__(kEpilogueThreads) epilogue_kernel(
-    const T* __restrict__ stats, int64_t rows, fused::LossWeights w, T* __restrict__ terms,
-    T* total, T* scl, T* iamcl, T* iemcl) {
+__global__ void __launch_bounds__(kEpilogueThreads)
+    epilogue_kernel(const T* __restrict__ stats, int64_t rows, fused::LossWeights w,
+                    T* __restrict__ terms, T* total, T* scl, T* iamcl, T* iemcl) {
   __shared__ double red[kEpilogueThreads][6];
   double v[6] = {};
   for (int64_t r = threadIdx.x; r < rows; r += kEpilogueThreads) {
@@ -239,8 +239,8 @@ __global__ void __launch_bounds__(kEpilogueThreads) epilogue_kernel(
 // coef (rows, kCoefs): each row's dL/dS coefficients from grad_losses (4,), terms and stats.
 template <typename T>
 __global__ void coefficients_kernel(const T* __restrict__ grad_losses, const T* __restrict__ terms,
-                                    const T* __restrict__ stats, int64_t rows,
-                                    fused::LossWeights w, T* __restrict__ coef) {
+                                    const T* __restrict__ stats, int64_t rows, fused::LossWeights w,
+                                    T* __restrict__ coef) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   T g[3];
@@ -253,9 +253,10 @@ __global__ void coefficients_kernel(const T* __restrict__ grad_losses, const T* 
 // (dS[a, j] + dS[j, a]) Z_j, with S recomputed a tile at a time and dS formed in shared memory.
 // part (splits, rows, d). kDim: the dZ columns held per row (>= d, a multiple of kZCols).
 template <typename T, int kDim>
-__global__ void __launch_bounds__(kThreads) grad_rows_kernel(
-    const T* __restrict__ z, const int64_t* __restrict__ labels, const T* __restrict__ coef,
-    int64_t k, int64_t d, int64_t splits, T* __restrict__ part) {
+__global__ void __launch_bounds__(kThreads)
+    grad_rows_kernel(const T* __restrict__ z, const int64_t* __restrict__ labels,
+                     const T* __restrict__ coef, int64_t k, int64_t d, int64_t splits,
+                     T* __restrict__ part) {
   constexpr int kA = kGradTileA / kLanes, kC = kTileC / kLanes;
   constexpr int kZCols = 256 / sizeof(T);  // Z columns staged per step of dS Z
   constexpr int kPerLane = kDim / kLanes;
@@ -332,8 +333,7 @@ __global__ void __launch_bounds__(kThreads) grad_rows_kernel(
         T v = 0;
         if (a_valid[i] && cand.modality[c] >= 0) {
           const int rel = fused::pair_relation(a_mod[i] == cand.modality[c],
-                                               a_smp[i] == cand.sample[c],
-                                               a_cls[i] == cand.cls[c]);
+                                               a_smp[i] == cand.sample[c], a_cls[i] == cand.cls[c]);
           v = fused::pair_grad(rel, s[i][j], coef_a[ar], coef_c[c]);
         }
         g[ar][c] = v;
@@ -381,9 +381,8 @@ __global__ void __launch_bounds__(kThreads) grad_rows_kernel(
 // dx = z (dZ - <dZ, z>) written into the row's modality block in the inputs' dtype.
 template <typename T, typename TO>
 __global__ void softmax_backward_kernel(const T* __restrict__ part, const T* __restrict__ z,
-                                        int64_t k, int64_t d, int64_t splits,
-                                        TO* __restrict__ gx_l, TO* __restrict__ gx_a,
-                                        TO* __restrict__ gx_v) {
+                                        int64_t k, int64_t d, int64_t splits, TO* __restrict__ gx_l,
+                                        TO* __restrict__ gx_a, TO* __restrict__ gx_v) {
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const int64_t rows = 3 * k;
@@ -411,11 +410,20 @@ __global__ void softmax_backward_kernel(const T* __restrict__ part, const T* __r
 template <typename F>
 void with_io_type(at::ScalarType t, F&& f) {
   switch (t) {
-    case at::kDouble: f(double{}); break;
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default: TORCH_CHECK(false, "the fused loss takes float16, bfloat16, float32 or float64, got ", t);
+    case at::kDouble:
+      f(double{});
+      break;
+    case at::kFloat:
+      f(float{});
+      break;
+    case at::kHalf:
+      f(at::Half{});
+      break;
+    case at::kBFloat16:
+      f(at::BFloat16{});
+      break;
+    default:
+      TORCH_CHECK(false, "the fused loss takes float16, bfloat16, float32 or float64, got ", t);
   }
 }
 
@@ -475,9 +483,8 @@ loss_forward(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v
         part.data_ptr<double>(), rows, splits, stats.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     epilogue_kernel<scalar_t><<<1, kEpilogueThreads, 0, stream>>>(
-        stats.data_ptr<scalar_t>(), rows, w, terms.data_ptr<scalar_t>(),
-        total.data_ptr<scalar_t>(), scl.data_ptr<scalar_t>(), iamcl.data_ptr<scalar_t>(),
-        iemcl.data_ptr<scalar_t>());
+        stats.data_ptr<scalar_t>(), rows, w, terms.data_ptr<scalar_t>(), total.data_ptr<scalar_t>(),
+        scl.data_ptr<scalar_t>(), iamcl.data_ptr<scalar_t>(), iemcl.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {total, scl, iamcl, iemcl, z, terms, stats};
@@ -512,7 +519,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward(
     const dim3 grid(static_cast<unsigned>(a_tiles), static_cast<unsigned>(splits));
     auto launch = [&](auto kernel) {
       kernel<<<grid, kThreads, 0, stream>>>(zc.data_ptr<T>(), lab.data_ptr<int64_t>(),
-                                           coef.data_ptr<T>(), k, d, splits, part.data_ptr<T>());
+                                            coef.data_ptr<T>(), k, d, splits, part.data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (d <= 64) {
@@ -530,8 +537,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward(
             gx_a.data_ptr<TO>(), gx_v.data_ptr<TO>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       } else {
-        TORCH_CHECK(false, "the fused loss backward cannot write ", dtype, " gradients from ",
-                    ct, " rows");
+        TORCH_CHECK(false, "the fused loss backward cannot write ", dtype, " gradients from ", ct,
+                    " rows");
       }
     });
   });

@@ -1,8 +1,9 @@
 // CUDA kernels of loss_values and loss_values_backward. HYCON_CUDA_FUSED=1 selects the fused
 // path (fused_loss.cuh) where it applies: without selection, and in the backward for
-// d <= kMaxDim (a block holds its dZ rows in registers) and the dtypes its forward produces. Everything else, and every call without
-// the variable, runs the generic path of csrc/loss_values.cpp (the pair_terms chain), which is
-// the one that has run on a GPU (docs/gpu.md).
+// d <= kMaxDim (a block holds its dZ rows in registers) and the dtypes its forward produces.
+// Everything else, and every call without the variable, runs the generic path of
+// csrc/loss_values.cpp (the pair_terms chain), which is the one that has run on a GPU
+// (docs/gpu.md).
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -45,15 +46,15 @@ LossValuesOutputs loss_values_cuda(const at::Tensor& x_l, const at::Tensor& x_a,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_cuda(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg,
-    bool selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
-    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
+    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
+    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
+    const at::Tensor& sim, at::ScalarType dtype) {
   const bool fits = z.dim() == 2 && z.size(1) <= cuda::fused_path::kMaxDim &&
                     cuda::fused_path::fused_dtypes_match(z.scalar_type(), dtype);
   if (selection || !fits || !fused_requested()) {
-    return loss_values_backward_generic(grad_losses, labels, z, alpha, lambdas, gamma,
-                                        select_pos, select_neg, selection, refinement, terms,
-                                        stats, state, sim, dtype);
+    return loss_values_backward_generic(grad_losses, labels, z, alpha, lambdas, gamma, select_pos,
+                                        select_neg, selection, refinement, terms, stats, state, sim,
+                                        dtype);
   }
   check_loss_backward_args(grad_losses, labels, z, lambdas, terms, sim, dtype);
   check_row_table(stats, "stats", z, 3, kStatCols);

@@ -56,7 +56,9 @@ inline int64_t chunk_rows(int64_t n, int64_t m) {
 }
 
 // Candidate descriptors (M, 3) -> (3, M) so the kernels read each column coalesced.
-inline at::Tensor columns_of(const at::Tensor& c_ids) { return c_ids.t().contiguous(); }
+inline at::Tensor columns_of(const at::Tensor& c_ids) {
+  return c_ids.t().contiguous();
+}
 
 struct Candidate {
   int64_t cls, modality, sample;
@@ -75,11 +77,15 @@ __device__ __forceinline__ int classify(int64_t mode, const Candidate& a, const 
 
 struct SumOp {
   template <typename V>
-  __device__ V operator()(V a, V b) const { return a + b; }
+  __device__ V operator()(V a, V b) const {
+    return a + b;
+  }
 };
 struct MinOp {
   template <typename V>
-  __device__ V operator()(V a, V b) const { return b < a ? b : a; }
+  __device__ V operator()(V a, V b) const {
+    return b < a ? b : a;
+  }
 };
 
 // Reduces NV values per thread across the block; smem holds kWarps * NV values.
@@ -223,7 +229,7 @@ __device__ Key block_select(int64_t m, unsigned k, InSet in_set, SelectScratch& 
     const unsigned rank = seen + offset + __popc(ballot & ((2u << lane) - 1u));
     if (hit && rank == k) sh.index = j;
     seen += total;
-    __syncthreads();  // sh.index is visible; warp_count may be rewritten
+    __syncthreads();       // sh.index is visible; warp_count may be rewritten
     if (seen >= k) break;  // block-uniform
   }
   *index = sh.index;
@@ -242,7 +248,9 @@ __device__ __forceinline__ bool kept_negative(T s, int64_t j, T tn, T jn) {
   return s > tn || (s == tn && static_cast<double>(j) <= static_cast<double>(jn));
 }
 
-inline void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
+inline void check_launch() {
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 }  // namespace cuda
 }  // namespace hycon_ext

@@ -29,10 +29,10 @@ struct Threshold {
 };
 
 template <typename T, bool kSelect>
-__global__ void __launch_bounds__(kThreads) pair_stats_kernel(
-    const T* __restrict__ sim, int64_t m, const int64_t* __restrict__ a_ids,
-    const int64_t* __restrict__ c_cols, ModeGroup<T> g, int64_t h, double gamma,
-    RowTable<T> stats, RowTable<T> state) {
+__global__ void __launch_bounds__(kThreads)
+    pair_stats_kernel(const T* __restrict__ sim, int64_t m, const int64_t* __restrict__ a_ids,
+                      const int64_t* __restrict__ c_cols, ModeGroup<T> g, int64_t h, double gamma,
+                      RowTable<T> stats, RowTable<T> state) {
   using Key = typename KeyTraits<T>::Key;
   constexpr int K = kModesPerLaunch;
   __shared__ T red[kWarps * K * 5];
@@ -202,10 +202,11 @@ __global__ void __launch_bounds__(kThreads) pair_stats_kernel(
 // dL/dS of one chunk. grad_stats columns: pos_sum, neg_sum, (pos_count: no gradient), refine.
 // dsim = dL/dS, or dsim += dL/dS when accumulate (later mode groups).
 template <typename T, bool kSelect>
-__global__ void __launch_bounds__(kThreads) pair_grad_kernel(
-    const T* __restrict__ sim, T* __restrict__ dsim, int64_t m, const int64_t* __restrict__ a_ids,
-    const int64_t* __restrict__ c_cols, ModeGroup<T> g, T gamma, RowTable<const T> grad,
-    RowTable<const T> state, bool accumulate) {
+__global__ void __launch_bounds__(kThreads)
+    pair_grad_kernel(const T* __restrict__ sim, T* __restrict__ dsim, int64_t m,
+                     const int64_t* __restrict__ a_ids, const int64_t* __restrict__ c_cols,
+                     ModeGroup<T> g, T gamma, RowTable<const T> grad, RowTable<const T> state,
+                     bool accumulate) {
   constexpr int K = kModesPerLaunch;
   __shared__ T red[kWarps * K];
 
@@ -292,8 +293,8 @@ __global__ void __launch_bounds__(kThreads) pair_grad_kernel(
 template <bool kSelect>
 std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
-    bool select_pos, bool select_neg) {
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
+    bool select_neg) {
   const c10::cuda::CUDAGuard guard(za.device());
   const auto ct = compute_dtype(za.scalar_type());
   // Upcast once: float16 / bfloat16 rows are multiplied and reduced in float32.
@@ -318,8 +319,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
             n_modes};
         pair_stats_kernel<scalar_t, kSelect><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
             sim.data_ptr<scalar_t>(), m, a_rows.data_ptr<int64_t>() + r0 * kDescCols,
-            c_cols.data_ptr<int64_t>(), group, h, gamma, stats_rows,
-            state_rows);
+            c_cols.data_ptr<int64_t>(), group, h, gamma, stats_rows, state_rows);
         check_launch();
       }
     }
@@ -357,8 +357,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
         RowTable<const scalar_t> grad_rows{
             grad_c.data_ptr<scalar_t>() + (r0 * n_modes + first) * kStatCols, n_modes};
         RowTable<const scalar_t> state_rows{
-            kSelect ? state_c.data_ptr<scalar_t>() + (r0 * n_modes + first) * kStateCols
-                    : nullptr,
+            kSelect ? state_c.data_ptr<scalar_t>() + (r0 * n_modes + first) * kStateCols : nullptr,
             n_modes};
         pair_grad_kernel<scalar_t, kSelect><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
             sim.data_ptr<scalar_t>(), dsim.data_ptr<scalar_t>(), m,

@@ -20,8 +20,7 @@ std::tuple<at::Tensor, at::Tensor> pair_sums_backward_cuda(
     at::ArrayRef<double> targets) {
   check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
   return cuda::pair_stats_backward</*kSelect=*/false>(
-      grad_stats, za, zc, a_ids, c_ids, modes, targets, /*gamma=*/1.0, false, false,
-      at::Tensor());
+      grad_stats, za, zc, a_ids, c_ids, modes, targets, /*gamma=*/1.0, false, false, at::Tensor());
 }
 
 }  // namespace

@@ -124,9 +124,9 @@ Fused<T> run_fused(const at::Tensor& x, const at::Tensor& labels, const Problem&
   for (int64_t r = 0; r < rows; ++r) {
     std::fill(dz.begin(), dz.end(), T(0));
     for (int64_t j = 0; j < rows; ++j) {
-      const T g = fused::pair_grad(relation(r, j), sp[r * rows + j],
-                                   coef.data() + r * fused::kCoefs,
-                                   coef.data() + j * fused::kCoefs);
+      const T g =
+          fused::pair_grad(relation(r, j), sp[r * rows + j], coef.data() + r * fused::kCoefs,
+                           coef.data() + j * fused::kCoefs);
       for (int64_t c = 0; c < d; ++c) dz[c] += g * zp[j * d + c];
     }
     double dot = 0;
@@ -146,9 +146,9 @@ void test_relations_match_classify_pair() {
       for (int same_class = 0; same_class < 2; ++same_class) {
         if (same_sample && !same_class) continue;  // a sample has one class in loss_values
         const int rel = fused::pair_relation(same_modality, same_sample, same_class);
-        const int expected[3][2] = {
-            {fused::kIntraPos, fused::kIntraNeg}, {fused::kInterPos, fused::kInterNeg},
-            {fused::kSamePos, -1}};
+        const int expected[3][2] = {{fused::kIntraPos, fused::kIntraNeg},
+                                    {fused::kInterPos, fused::kInterNeg},
+                                    {fused::kSamePos, -1}};
         int members = 0;
         for (int mode = 0; mode < 3; ++mode) {
           const int cls = classify_pair(mode, same_class ? 0 : 1, same_modality ? 0 : 1,
@@ -173,7 +173,8 @@ void test_splits_cover_every_tile_once() {
       ok = ok && fused::split_first(0, splits, c_tiles) == 0 &&
            fused::split_first(splits, splits, c_tiles) == c_tiles;
       for (int64_t s = 0; s < splits; ++s) {
-        ok = ok && fused::split_first(s, splits, c_tiles) < fused::split_first(s + 1, splits, c_tiles);
+        ok = ok &&
+             fused::split_first(s, splits, c_tiles) < fused::split_first(s + 1, splits, c_tiles);
       }
     }
   }
@@ -198,8 +199,8 @@ void test_problem(const Problem& p) {
     const auto xs = x.chunk(3);
     const auto out = loss_values(xs[0], xs[1], xs[2], labels, p.alpha, p.lambdas, 1, 1.0, true,
                                  true, false, p.refinement);
-    const at::Tensor losses = at::stack({std::get<0>(out), std::get<1>(out), std::get<2>(out),
-                                         std::get<3>(out)});
+    const at::Tensor losses =
+        at::stack({std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)});
     (losses * weights.to(losses.scalar_type())).sum().backward();
     return std::tuple{losses.detach(), std::get<5>(out), std::get<6>(out), x.grad()};
   };
@@ -209,8 +210,8 @@ void test_problem(const Problem& p) {
 
   const bool f32 = ct == at::kFloat;
   const double rtol = f32 ? 2e-5 : 1e-11, atol = f32 ? 1e-6 : 1e-13;
-  const std::string what = std::string(name) + " K=" + std::to_string(p.k) + " d=" +
-                           std::to_string(p.d) + (p.refinement ? "" : " no refinement") +
+  const std::string what = std::string(name) + " K=" + std::to_string(p.k) +
+                           " d=" + std::to_string(p.d) + (p.refinement ? "" : " no refinement") +
                            (p.nan ? " with a NaN row" : "");
   check(close(f.stats, stats, rtol, atol), "stats match the CPU kernel, " + what);
   check(close(f.terms, terms, rtol, atol), "terms match the CPU kernel, " + what);

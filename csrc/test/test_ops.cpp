@@ -23,9 +23,10 @@ void check(bool ok, const char* what) {
 
 using PairSumsFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               const at::Tensor&, at::IntArrayRef, at::ArrayRef<double>);
-using HardPairSumsFn = std::tuple<at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
-    at::ArrayRef<double>, int64_t, double, bool, bool);
+using HardPairSumsFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor&, const at::Tensor&,
+                                                          at::IntArrayRef, at::ArrayRef<double>,
+                                                          int64_t, double, bool, bool);
 
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> find_op(const char* name) {
@@ -57,10 +58,10 @@ struct Problem {
   at::Tensor z, ids;
   Problem() {
     const auto f64 = at::TensorOptions().dtype(at::kDouble);
-    z = at::softmax(at::tensor({0.3, -1.2, 0.8, 1.5, 0.1, -0.4, -0.7, 0.9, 0.2, 0.6, -0.3, 1.1},
-                               f64)
-                        .view({4, 3}),
-                    1);
+    z = at::softmax(
+        at::tensor({0.3, -1.2, 0.8, 1.5, 0.1, -0.4, -0.7, 0.9, 0.2, 0.6, -0.3, 1.1}, f64)
+            .view({4, 3}),
+        1);
     ids = at::tensor({0, 0, 0, 0, 0, 1, 1, 0, 2, 1, 0, 3}, at::kLong).view({4, 3});
   }
 };
@@ -133,8 +134,7 @@ void test_hard_pair_sums() {
   const auto [stats, state] = run(p.z);
   const at::Tensor s = at::mm(p.z, p.z.t());
   const double s02 = s[0][2].item<double>(), s03 = s[0][3].item<double>();
-  check(stats.sizes() == at::IntArrayRef({4, 2, 4}) &&
-            state.sizes() == at::IntArrayRef({4, 2, 7}),
+  check(stats.sizes() == at::IntArrayRef({4, 2, 4}) && state.sizes() == at::IntArrayRef({4, 2, 7}),
         "hard_pair_sums shapes: stats (N, modes, 4), state (N, modes, 7)");
   // One kept negative: its softmax weight is 1, so neg_sum is the larger similarity.
   check(std::abs(stats[0][0][1].item<double>() - std::max(s02, s03)) < 1e-12 &&
@@ -172,8 +172,8 @@ void test_loss_values() {
   auto total_of = [&](const at::Tensor& a) { return std::get<0>(run(a)); };
   const at::Tensor a = x_a.detach().clone().requires_grad_(true);
   total_of(a).backward();
-  const at::Tensor expected = finite_difference(
-      [&](const at::Tensor& z) { return total_of(z).item<double>(); }, x_a);
+  const at::Tensor expected =
+      finite_difference([&](const at::Tensor& z) { return total_of(z).item<double>(); }, x_a);
   check(a.grad().defined() && at::allclose(a.grad(), expected, 1e-6, 1e-8),
         "loss_values backward (C++ autograd) matches finite differences");
 }

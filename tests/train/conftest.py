@@ -1,4 +1,5 @@
 """Shared fixtures for train/ tests: tiny demo bundles and a tiny local BERT tokenizer."""
+
 import pickle
 import types
 
@@ -22,9 +23,14 @@ def tiny_bert_magbert(tmp_path, demo_tokenizer):
     """A 1-layer BERT saved with the demo tokenizer (bert, its config) and MOSI demo files in
     MAG-BERT format (data), for the --text-encoder bert runs."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=demo_tokenizer.vocab_size, hidden_size=16,
-                                     num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32)
+    config = transformers.BertConfig(
+        vocab_size=demo_tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     bert = tmp_path / "tiny-bert"
     transformers.BertModel(config).save_pretrained(bert)
     demo_tokenizer.save_pretrained(bert)
@@ -39,7 +45,9 @@ def demo_bundle(tmp_path, demo_tokenizer):
 
     def make(name, fmt="auto", **kwargs):
         path = write_demo(name, tmp_path, fmt, **{**TINY, **kwargs})
-        return load_dataset(name, path, fmt, tokenizer=demo_tokenizer, max_seq_len=kwargs.get("seq_len", 8) + 4)
+        return load_dataset(
+            name, path, fmt, tokenizer=demo_tokenizer, max_seq_len=kwargs.get("seq_len", 8) + 4
+        )
 
     return make
 

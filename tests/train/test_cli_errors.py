@@ -1,5 +1,6 @@
 """train/main.py refuses every bad flag, data file and checkpoint with exit status 2 and one line
 on stderr that names it (no traceback), and saves its results before optional extras."""
+
 import json
 import pickle
 import shutil
@@ -30,62 +31,75 @@ def assert_one_line_error(code, err, *parts):
         assert part in err, (part, err)
 
 
-@pytest.mark.parametrize("flags, parts", [
-    (["--heads", "0"], ["--heads: expected a divisor of --d 50"]),
-    (["--heads", "3"], ["--heads: expected a divisor of --d 50", "got 3"]),
-    (["--d", "0", "--heads", "1"], ["--d: expected a representation size >= 1, got 0"]),
-    (["--layers", "-1"], ["--layers: expected", ">= 0, got -1"]),
-    (["--dropout", "1"], ["--dropout: expected a probability in [0, 1), got 1.0"]),
-    (["--dropout", "nan"], ["--dropout: expected"]),
-    (["--batch-size", "0"], ["--batch-size: expected at least 1", "got 0"]),
-    (["--epochs", "0"], ["--epochs: expected at least 1, got 0"]),
-    (["--epochs", "-2"], ["--epochs: expected at least 1, got -2"]),
-    (["--lr", "-1"], ["--lr: expected a finite number > 0, got -1.0"]),
-    (["--lr", "0"], ["--lr: expected a finite number > 0"]),
-    (["--lr", "nan"], ["--lr: expected a finite number > 0, got nan"]),
-    (["--lr", "inf"], ["--lr: expected a finite number > 0, got inf"]),
-    (["--text-lr=-1e-5"], ["--text-lr: expected a finite number > 0"]),
-    (["--alpha", "-5"], ["--alpha: expected a number in (0, 1]", "got -5.0"]),
-    (["--alpha", "nan"], ["--alpha: expected a number in (0, 1]", "got nan"]),
-    (["--alpha", "1.5"], ["--alpha: expected a number in (0, 1]"]),
-    (["--beta", "0"], ["--beta: expected a number in (0, 1]"]),
-    (["--beta", "1.5"], ["--beta: expected a number in (0, 1]"]),
-    (["--gamma", "0"], ["--gamma: expected a number > 0 and finite"]),
-    (["--gamma", "inf"], ["--gamma: expected a number > 0 and finite"]),
-    (["--lambdas", "nan,1,1"], ["--lambdas: expected three finite numbers >= 0", "nan"]),
-    (["--lambdas", "1,inf,1"], ["--lambdas: expected three finite numbers >= 0"]),
-    (["--lambdas", "1,1,-1"], ["--lambdas: expected three finite numbers >= 0"]),
-    (["--lambdas", "1,2"], ["--lambdas: expected three comma-separated numbers"]),
-    (["--seeds", "1,1"], ["--seeds: expected each seed once", "1 more than once"]),
-    (["--seeds", "1,x"], ["--seeds: expected comma-separated integers"]),
-    (["--seeds", ","], ["--seeds: expected at least one seed"]),
-    (["--device", "tpu"], ["--device: expected auto, cpu, cuda or cuda:N, got 'tpu'"]),
-    (["--device", "meta"], ["--device: expected auto, cpu, cuda or cuda:N, got 'meta'"]),
-    (["--device", "cuda:x"], ["--device: expected auto, cpu, cuda or cuda:N"]),
-    (["--text-encoder", "bert", "--pretrained", "/nonexistent"],
-     ["--pretrained /nonexistent: the path does not exist"]),
-    (["--max-seq-len", "0"], ["--max-seq-len: expected at least 1"]),
-    (["--num-workers", "-1"], ["--num-workers: expected 0 or more"]),
-])
+@pytest.mark.parametrize(
+    "flags, parts",
+    [
+        (["--heads", "0"], ["--heads: expected a divisor of --d 50"]),
+        (["--heads", "3"], ["--heads: expected a divisor of --d 50", "got 3"]),
+        (["--d", "0", "--heads", "1"], ["--d: expected a representation size >= 1, got 0"]),
+        (["--layers", "-1"], ["--layers: expected", ">= 0, got -1"]),
+        (["--dropout", "1"], ["--dropout: expected a probability in [0, 1), got 1.0"]),
+        (["--dropout", "nan"], ["--dropout: expected"]),
+        (["--batch-size", "0"], ["--batch-size: expected at least 1", "got 0"]),
+        (["--epochs", "0"], ["--epochs: expected at least 1, got 0"]),
+        (["--epochs", "-2"], ["--epochs: expected at least 1, got -2"]),
+        (["--lr", "-1"], ["--lr: expected a finite number > 0, got -1.0"]),
+        (["--lr", "0"], ["--lr: expected a finite number > 0"]),
+        (["--lr", "nan"], ["--lr: expected a finite number > 0, got nan"]),
+        (["--lr", "inf"], ["--lr: expected a finite number > 0, got inf"]),
+        (["--text-lr=-1e-5"], ["--text-lr: expected a finite number > 0"]),
+        (["--alpha", "-5"], ["--alpha: expected a number in (0, 1]", "got -5.0"]),
+        (["--alpha", "nan"], ["--alpha: expected a number in (0, 1]", "got nan"]),
+        (["--alpha", "1.5"], ["--alpha: expected a number in (0, 1]"]),
+        (["--beta", "0"], ["--beta: expected a number in (0, 1]"]),
+        (["--beta", "1.5"], ["--beta: expected a number in (0, 1]"]),
+        (["--gamma", "0"], ["--gamma: expected a number > 0 and finite"]),
+        (["--gamma", "inf"], ["--gamma: expected a number > 0 and finite"]),
+        (["--lambdas", "nan,1,1"], ["--lambdas: expected three finite numbers >= 0", "nan"]),
+        (["--lambdas", "1,inf,1"], ["--lambdas: expected three finite numbers >= 0"]),
+        (["--lambdas", "1,1,-1"], ["--lambdas: expected three finite numbers >= 0"]),
+        (["--lambdas", "1,2"], ["--lambdas: expected three comma-separated numbers"]),
+        (["--seeds", "1,1"], ["--seeds: expected each seed once", "1 more than once"]),
+        (["--seeds", "1,x"], ["--seeds: expected comma-separated integers"]),
+        (["--seeds", ","], ["--seeds: expected at least one seed"]),
+        (["--device", "tpu"], ["--device: expected auto, cpu, cuda or cuda:N, got 'tpu'"]),
+        (["--device", "meta"], ["--device: expected auto, cpu, cuda or cuda:N, got 'meta'"]),
+        (["--device", "cuda:x"], ["--device: expected auto, cpu, cuda or cuda:N"]),
+        (
+            ["--text-encoder", "bert", "--pretrained", "/nonexistent"],
+            ["--pretrained /nonexistent: the path does not exist"],
+        ),
+        (["--max-seq-len", "0"], ["--max-seq-len: expected at least 1"]),
+        (["--num-workers", "-1"], ["--num-workers: expected 0 or more"]),
+    ],
+)
 def test_bad_flags_end_in_one_line_naming_the_flag(monkeypatch, capsys, tmp_path, flags, parts):
     out = tmp_path / "out"
-    code, err = run_cli(monkeypatch, capsys, ["--dataset", "mosi", "--demo", "--out", str(out)] + flags)
+    code, err = run_cli(
+        monkeypatch, capsys, ["--dataset", "mosi", "--demo", "--out", str(out)] + flags
+    )
     assert_one_line_error(code, err, *parts)
     assert not out.exists()  # refused before any work
 
 
 def test_cuda_on_a_cpu_build_is_refused(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.version, "cuda", None)  # what a CPU build of torch reports
-    code, err = run_cli(monkeypatch, capsys, ["--dataset", "mosi", "--demo", "--device", "cuda",
-                                              "--out", str(tmp_path)])
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        ["--dataset", "mosi", "--demo", "--device", "cuda", "--out", str(tmp_path)],
+    )
     assert_one_line_error(code, err, "--device cuda: this torch", "is a CPU build without CUDA")
 
 
 def test_a_missing_gpu_is_refused(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build on a machine without a GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, err = run_cli(monkeypatch, capsys, ["--dataset", "mosi", "--demo", "--device", "cuda:1",
-                                              "--out", str(tmp_path)])
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        ["--dataset", "mosi", "--demo", "--device", "cuda:1", "--out", str(tmp_path)],
+    )
     assert_one_line_error(code, err, "--device cuda:1: no CUDA GPU is visible")
 
 
@@ -93,10 +107,27 @@ def test_a_pretrained_name_missing_from_the_cache_is_one_line(monkeypatch, capsy
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no download attempt: the cache only
     data = tmp_path / "data"
     write_demo("mosi", data, "magbert", **TINY)
-    code, err = run_cli(monkeypatch, capsys, ["--dataset", "mosi", "--data-dir", str(data), "--format", "magbert",
-                                              "--text-encoder", "bert", "--pretrained", "no-such-model-here",
-                                              "--out", str(tmp_path / "o")])
-    assert_one_line_error(code, err, "--text-encoder bert: cannot load the tokenizer of 'no-such-model-here'")
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        [
+            "--dataset",
+            "mosi",
+            "--data-dir",
+            str(data),
+            "--format",
+            "magbert",
+            "--text-encoder",
+            "bert",
+            "--pretrained",
+            "no-such-model-here",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert_one_line_error(
+        code, err, "--text-encoder bert: cannot load the tokenizer of 'no-such-model-here'"
+    )
 
 
 @pytest.mark.parametrize("split", ["test", "valid"])
@@ -107,8 +138,11 @@ def test_an_empty_split_names_the_file_and_the_split(monkeypatch, capsys, tmp_pa
     data[split] = {key: value[:0] for key, value in data[split].items()}
     with open(path, "wb") as f:
         pickle.dump(data, f)
-    code, err = run_cli(monkeypatch, capsys, ["--dataset", "mosi", "--data-dir", str(path.parent),
-                                              "--out", str(tmp_path / "o")])
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        ["--dataset", "mosi", "--data-dir", str(path.parent), "--out", str(tmp_path / "o")],
+    )
     assert_one_line_error(code, err, str(path), f"the {split} split has no samples")
 
 
@@ -117,8 +151,26 @@ def test_results_are_written_before_a_failing_tsne(monkeypatch, capsys, tmp_path
     data = tmp_path / "data"
     write_demo("mosi", data, n_train=32, n_valid=8, n_test=2, seq_len=8)  # t-SNE needs 3 samples
     out = tmp_path / "o"
-    monkeypatch.setattr(sys, "argv", ["train/main.py", "--dataset", "mosi", "--data-dir", str(data), "--epochs",
-                                      "1", "--batch-size", "16", "--backend", "reference", "--tsne", "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "train/main.py",
+            "--dataset",
+            "mosi",
+            "--data-dir",
+            str(data),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--backend",
+            "reference",
+            "--tsne",
+            "--out",
+            str(out),
+        ],
+    )
     cli()  # returns: the run succeeded
     err = capsys.readouterr().err
     assert err.startswith("warning: --tsne: no plot for seed 1") and err.count("\n") == 1, err
@@ -128,8 +180,13 @@ def test_results_are_written_before_a_failing_tsne(monkeypatch, capsys, tmp_path
 
 
 def test_table_cells_never_run_together():
-    table = format_table(["Acc7", "MAE"], [("seed 1", {"Acc7": -123456.7, "MAE": 98765.4321}),
-                                           ("a long row name", {"Acc7": 0.5, "MAE": 0.1})])
+    table = format_table(
+        ["Acc7", "MAE"],
+        [
+            ("seed 1", {"Acc7": -123456.7, "MAE": 98765.4321}),
+            ("a long row name", {"Acc7": 0.5, "MAE": 0.1}),
+        ],
+    )
     header, first, second = table.splitlines()
     assert first.split() == ["seed", "1", "-12345670.0", "98765.432"]
     assert second.split()[-2:] == ["50.0", "0.100"]
@@ -142,8 +199,18 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     data = root / "data"
     write_demo("mosi", data, **TINY)
-    flags = ["--dataset", "mosi", "--data-dir", str(data), "--lr", "3e-3", "--batch-size", "16",
-             "--backend", "reference"]
+    flags = [
+        "--dataset",
+        "mosi",
+        "--data-dir",
+        str(data),
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "16",
+        "--backend",
+        "reference",
+    ]
     main(flags + ["--epochs", "2", "--out", str(root / "out")])
     return flags, root / "out"
 
@@ -160,22 +227,41 @@ def _other_data(tmp_path):
     return data
 
 
-@pytest.mark.parametrize("change, parts", [
-    (["--lr", "0.01"], ["--lr 0.003 in the checkpoint, 0.01 now"]),
-    (["--batch-size", "8"], ["--batch-size x processes (the global batch) 16 in the checkpoint, 8 now"]),
-    (["--pair-selection"], ["--pair-selection False in the checkpoint, True now"]),
-    (["--fusion", "concat"], ["--fusion 'add' in the checkpoint, 'concat' now"]),
-    (["--d", "10", "--heads", "2"], ["--d 50 in the checkpoint, 10 now", "--heads 5 in the checkpoint, 2 now"]),
-    (["--lambdas", "1,0.5,1"], ["--lambdas [1.0, 1.0, 1.0] in the checkpoint, [1.0, 0.5, 1.0] now"]),
-    ("other data", ["the data (--dataset/--data-dir/--format)", "train 48", "train 40"]),
-    (["--epochs", "1"], ["--epochs 1:", "has already trained 2 epochs; expected --epochs >= 2"]),
-])
-def test_resume_refuses_another_configuration(monkeypatch, capsys, tmp_path, trained_run, change, parts):
+@pytest.mark.parametrize(
+    "change, parts",
+    [
+        (["--lr", "0.01"], ["--lr 0.003 in the checkpoint, 0.01 now"]),
+        (
+            ["--batch-size", "8"],
+            ["--batch-size x processes (the global batch) 16 in the checkpoint, 8 now"],
+        ),
+        (["--pair-selection"], ["--pair-selection False in the checkpoint, True now"]),
+        (["--fusion", "concat"], ["--fusion 'add' in the checkpoint, 'concat' now"]),
+        (
+            ["--d", "10", "--heads", "2"],
+            ["--d 50 in the checkpoint, 10 now", "--heads 5 in the checkpoint, 2 now"],
+        ),
+        (
+            ["--lambdas", "1,0.5,1"],
+            ["--lambdas [1.0, 1.0, 1.0] in the checkpoint, [1.0, 0.5, 1.0] now"],
+        ),
+        ("other data", ["the data (--dataset/--data-dir/--format)", "train 48", "train 40"]),
+        (
+            ["--epochs", "1"],
+            ["--epochs 1:", "has already trained 2 epochs; expected --epochs >= 2"],
+        ),
+    ],
+)
+def test_resume_refuses_another_configuration(
+    monkeypatch, capsys, tmp_path, trained_run, change, parts
+):
     flags, run = trained_run
     out = _copy(run, tmp_path)
     if change == "other data":
         change = ["--data-dir", str(_other_data(tmp_path))]
-    code, err = run_cli(monkeypatch, capsys, flags + ["--out", str(out), "--epochs", "3", "--resume"] + change)
+    code, err = run_cli(
+        monkeypatch, capsys, flags + ["--out", str(out), "--epochs", "3", "--resume"] + change
+    )
     assert_one_line_error(code, err, *parts)
     if "--epochs" not in change:
         assert str(out / "seed1" / "last.pt") in err and "drop --resume" in err
@@ -191,11 +277,18 @@ def test_resume_refuses_a_damaged_checkpoint(monkeypatch, capsys, tmp_path, trai
     elif damage == "empty":
         last.write_bytes(b"")
     elif damage == "random":
-        last.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
-                                       dtype=torch.uint8).numpy().tobytes())
+        last.write_bytes(
+            torch.randint(
+                0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+            )
+            .numpy()
+            .tobytes()
+        )
     else:
         torch.save({"weights": torch.zeros(3)}, last)
-    code, err = run_cli(monkeypatch, capsys, flags + ["--out", str(out), "--epochs", "3", "--resume"])
+    code, err = run_cli(
+        monkeypatch, capsys, flags + ["--out", str(out), "--epochs", "3", "--resume"]
+    )
     assert_one_line_error(code, err, str(last), f"delete {last}", "drop --resume")
 
 
@@ -204,8 +297,22 @@ def test_resume_may_grow_epochs_and_records_what_was_used(tmp_path, trained_run)
     flags, run = trained_run
     out = _copy(run, tmp_path)
     # --device, --backend, --metrics-convention may change: they change neither model, data nor optimisation
-    summary = main(flags[:-2] + ["--backend", "auto", "--device", "cpu", "--metrics-convention", "mult",
-                                 "--out", str(out), "--epochs", "3", "--resume"])
+    summary = main(
+        flags[:-2]
+        + [
+            "--backend",
+            "auto",
+            "--device",
+            "cpu",
+            "--metrics-convention",
+            "mult",
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--resume",
+        ]
+    )
     saved = json.loads((out / "results.json").read_text())
     assert saved["seeds"][0]["resumed_after_epoch"] == 2 and saved["epochs"] == 3
     assert saved["lr"] == summary["lr"] == 3e-3  # the optimizer's learning rate
@@ -222,7 +329,11 @@ def test_atomic_writes_leave_the_old_file_when_interrupted(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         checkpoint._write_atomic(path, fail_midway)
-    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.json"
+    ]
     (tmp_path / ".results.json.abc.tmp").write_text("left by a killed process")
     checkpoint.write_text(path, "new")
-    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.json"
+    ]

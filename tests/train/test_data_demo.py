@@ -8,7 +8,12 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from train.data import DataError, write_demo
 from train.data.demo import DEMO_FORMATS, DEMO_VOCAB, DIMS, NEGATIVE, POSITIVE
 
-PAIRS = [(n, f, a) for n, fmts in DEMO_FORMATS.items() for f in fmts for a in ((True, False) if f != "magbert" else (True,))]
+PAIRS = [
+    (n, f, a)
+    for n, fmts in DEMO_FORMATS.items()
+    for f in fmts
+    for a in ((True, False) if f != "magbert" else (True,))
+]
 
 
 def block_masks(mask):
@@ -25,7 +30,11 @@ def test_round_trip(demo_bundle, name, fmt, aligned):
     info = bundle.info
     text_dim, audio_dim, vision_dim = DIMS[(fmt, name)]
     assert (info.name, info.fmt) == (name, fmt)
-    assert info.dims == {"text": None if fmt != "mult" else text_dim, "audio": audio_dim, "vision": vision_dim}
+    assert info.dims == {
+        "text": None if fmt != "mult" else text_dim,
+        "audio": audio_dim,
+        "vision": vision_dim,
+    }
     assert info.text_kind == ("features" if fmt == "mult" else "tokens")
     assert [len(s) for s in bundle.splits().values()] == [32, 8, 8]
     t = bundle.train.tensors
@@ -67,7 +76,9 @@ def test_never_overwrites_a_real_file(tmp_path):
         write_demo("mosi", tmp_path)
     assert (tmp_path / "mosi_data.pkl").read_bytes() == b"real data"
     path = write_demo("mosei", tmp_path, n_train=3, n_valid=1, n_test=1)
-    assert write_demo("mosei", tmp_path, n_train=4, n_valid=1, n_test=1) == path  # a demo is replaced
+    assert (
+        write_demo("mosei", tmp_path, n_train=4, n_valid=1, n_test=1) == path
+    )  # a demo is replaced
 
 
 def test_unpublished_pair_is_refused(tmp_path):
@@ -80,7 +91,9 @@ def pooled(split, m):
     return ((split[m] * mask).sum(1) / mask.sum(1)).numpy()
 
 
-@pytest.mark.parametrize("name, fmt", [("mosi", "mult"), ("mosei", "mmsa"), ("mosi", "magbert"), ("iemocap", "mult")])
+@pytest.mark.parametrize(
+    "name, fmt", [("mosi", "mult"), ("mosei", "mmsa"), ("mosi", "magbert"), ("iemocap", "mult")]
+)
 def test_every_modality_carries_a_learnable_signal(demo_bundle, name, fmt):
     bundle = demo_bundle(name, fmt, n_train=200, n_valid=2, n_test=100, seq_len=10)
     tr, te = bundle.train.tensors, bundle.test.tensors
@@ -88,7 +101,9 @@ def test_every_modality_carries_a_learnable_signal(demo_bundle, name, fmt):
     for m in modalities:
         if name == "iemocap":
             clf = LogisticRegression(max_iter=300).fit(pooled(tr, m), tr["label"].argmax(1).numpy())
-            assert (clf.predict(pooled(te, m)) == te["label"].argmax(1).numpy()).mean() > 0.5, m  # chance 0.25
+            assert (clf.predict(pooled(te, m)) == te["label"].argmax(1).numpy()).mean() > 0.5, (
+                m
+            )  # chance 0.25
         else:
             pred = Ridge(alpha=10.0).fit(pooled(tr, m), tr["label"].numpy()).predict(pooled(te, m))
             assert np.corrcoef(pred, te["label"].numpy())[0, 1] > 0.5, m

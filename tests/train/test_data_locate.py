@@ -10,9 +10,15 @@ def test_missing_file_says_what_where_and_where_from(tmp_path):
         load_dataset("mosei", tmp_path)
     msg = str(err.value)
     assert isinstance(err.value, DataError) and isinstance(err.value, FileNotFoundError)
-    for needle in (str(tmp_path / "mosei_senti_data.pkl"), str(tmp_path / "MOSEI" / "Processed" / "aligned_50.pkl"),
-                   str(tmp_path / "mosei.pkl"), "Multimodal-Transformer", "MMSA", "BERT_multimodal_transformer",
-                   "--demo"):
+    for needle in (
+        str(tmp_path / "mosei_senti_data.pkl"),
+        str(tmp_path / "MOSEI" / "Processed" / "aligned_50.pkl"),
+        str(tmp_path / "mosei.pkl"),
+        "Multimodal-Transformer",
+        "MMSA",
+        "BERT_multimodal_transformer",
+        "--demo",
+    ):
         assert needle in msg
 
 
@@ -23,11 +29,14 @@ def test_missing_file_for_an_explicit_format_lists_only_that_format(tmp_path):
     assert "iemocap_data.pkl" in msg and "iemocap_data_noalign.pkl" in msg and "MMSA" not in msg
 
 
-@pytest.mark.parametrize("name, fmt, message", [
-    ("sims", "auto", "name: unknown dataset 'sims'"),
-    ("mosi", "csv", "fmt: unknown format 'csv'"),
-    ("iemocap", "mmsa", "iemocap is not published in the 'mmsa' format; available: ['mult']"),
-])
+@pytest.mark.parametrize(
+    "name, fmt, message",
+    [
+        ("sims", "auto", "name: unknown dataset 'sims'"),
+        ("mosi", "csv", "fmt: unknown format 'csv'"),
+        ("iemocap", "mmsa", "iemocap is not published in the 'mmsa' format; available: ['mult']"),
+    ],
+)
 def test_bad_name_or_format(tmp_path, name, fmt, message):
     with pytest.raises(DataError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_dataset(name, tmp_path, fmt)

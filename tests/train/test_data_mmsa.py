@@ -10,8 +10,11 @@ def mmsa_split(t=6, ta=6, tv=6, text_len=(3, 6), audio_len=(2, 6), vision_len=(0
     n = len(text_len)
     text_bert = np.zeros((n, 3, t), np.float64)  # stored as floats in some releases
     rng = np.random.default_rng(0)
-    out = {"regression_labels": np.array([-1.4, 2.2], np.float32), "id": np.array(["a$_$1", "b$_$2"]),
-           "text": rng.uniform(0.5, 1, (n, t, 8)).astype(np.float32)}
+    out = {
+        "regression_labels": np.array([-1.4, 2.2], np.float32),
+        "id": np.array(["a$_$1", "b$_$2"]),
+        "text": rng.uniform(0.5, 1, (n, t, 8)).astype(np.float32),
+    }
     for i, length in enumerate(text_len):
         text_bert[i, 0, :length] = np.arange(101, 101 + length)
         text_bert[i, 1, :length] = 1
@@ -32,9 +35,17 @@ def mmsa_file(**kwargs):
 
 
 def test_tokens_and_right_padded_lengths(write_pickle):
-    bundle = load_dataset("mosei", write_pickle(mmsa_file(ta=9, tv=7), "MOSEI/Processed/unaligned_50.pkl").parent.parent.parent)
-    assert (bundle.info.fmt, bundle.info.text_kind, bundle.info.dims) == \
-        ("mmsa", "tokens", {"audio": 3, "vision": 5, "text": None})
+    bundle = load_dataset(
+        "mosei",
+        write_pickle(
+            mmsa_file(ta=9, tv=7), "MOSEI/Processed/unaligned_50.pkl"
+        ).parent.parent.parent,
+    )
+    assert (bundle.info.fmt, bundle.info.text_kind, bundle.info.dims) == (
+        "mmsa",
+        "tokens",
+        {"audio": 3, "vision": 5, "text": None},
+    )
     t = bundle.train.tensors
     assert "text" not in t and t["text_ids"].dtype == torch.long
     assert t["text_ids"][0].tolist() == [101, 102, 103, 0, 0, 0] and t["text_segment"].eq(0).all()
@@ -63,12 +74,24 @@ def test_text_features_when_no_text_bert(write_pickle):
     assert bundle.train.tensors["text_mask"].sum(1).tolist() == [3, 6]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.update(audio_lengths=[2, 7]), "'audio_lengths': expected integer lengths in [0, 6]"),
-    (lambda s: s.update(text_bert=np.zeros((2, 2, 6))), "'text_bert': expected shape (2, 3, *), got (2, 2, 6)"),
-    (lambda s: s.pop("regression_labels"), "missing key 'regression_labels'"),
-    (lambda s: s.update(vision=np.zeros((2, 6), np.float32)), "'vision': expected shape (2, *, *), got (2, 6)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s.update(audio_lengths=[2, 7]),
+            "'audio_lengths': expected integer lengths in [0, 6]",
+        ),
+        (
+            lambda s: s.update(text_bert=np.zeros((2, 2, 6))),
+            "'text_bert': expected shape (2, 3, *), got (2, 2, 6)",
+        ),
+        (lambda s: s.pop("regression_labels"), "missing key 'regression_labels'"),
+        (
+            lambda s: s.update(vision=np.zeros((2, 6), np.float32)),
+            "'vision': expected shape (2, *, *), got (2, 6)",
+        ),
+    ],
+)
 def test_malformed(write_pickle, change, message):
     data = mmsa_file()
     change(data["valid"])

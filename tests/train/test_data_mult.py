@@ -16,7 +16,9 @@ def mult_split(n=3, t=5, dims=(4, 3, 2), lengths=(2, 5, 3), labels=None):
         split[m] = x
     for i, length in enumerate(lengths):
         split["audio"][i, : t - length, 0] = -np.inf
-    split["labels"] = np.linspace(-3, 3, n, dtype=np.float32).reshape(n, 1, 1) if labels is None else labels
+    split["labels"] = (
+        np.linspace(-3, 3, n, dtype=np.float32).reshape(n, 1, 1) if labels is None else labels
+    )
     split["id"] = np.array([b"vid_%d" % i for i in range(n)])  # MOSI ids are bytes
     return split
 
@@ -28,8 +30,13 @@ def mult_file(**kwargs):
 def test_left_padded_masks_labels_and_inf(write_pickle):
     bundle = load_dataset("mosi", write_pickle(mult_file(), "mosi_data.pkl").parent)
     info = bundle.info
-    assert (info.fmt, info.task, info.text_kind, info.dims, info.emotions) == \
-        ("mult", "regression", "features", {"text": 4, "audio": 3, "vision": 2}, [])
+    assert (info.fmt, info.task, info.text_kind, info.dims, info.emotions) == (
+        "mult",
+        "regression",
+        "features",
+        {"text": 4, "audio": 3, "vision": 2},
+        [],
+    )
     t = bundle.train.tensors
     for m in ("text", "audio", "vision"):
         assert t[f"{m}_mask"].sum(1).tolist() == [2, 5, 3]
@@ -72,20 +79,44 @@ def test_iemocap_one_hot_labels(write_pickle):
     for s in data.values():
         del s["id"]  # IEMOCAP has no ids
     bundle = load_dataset("iemocap", write_pickle(data, "iemocap_data.pkl").parent)
-    assert bundle.info.task == "emotion" and bundle.info.emotions == ["Neutral", "Happy", "Sad", "Angry"]
+    assert bundle.info.task == "emotion" and bundle.info.emotions == [
+        "Neutral",
+        "Happy",
+        "Sad",
+        "Angry",
+    ]
     label = bundle.train.tensors["label"]
-    assert label.dtype == torch.long and label.tolist() == [[0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    assert label.dtype == torch.long and label.tolist() == [
+        [0, 1, 0, 0],
+        [0, 0, 0, 1],
+        [0, 0, 0, 0],
+    ]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["valid"].pop("audio"), "[valid]: missing key 'audio'"),
-    (lambda d: d["test"].update(labels=np.zeros((3, 2), np.float32)), "'labels': expected 3 sentiment scores"),
-    (lambda d: d["train"].update(vision=np.zeros((2, 5, 2), np.float32)), "'vision': expected shape (3, *, *), got (2, 5, 2)"),
-    (lambda d: d["train"].update(text=np.zeros((3, 5), np.float32)), "'text': expected shape (N, *, *), got (3, 5)"),
-    (lambda d: d.update(dev=d.pop("valid")), "missing split(s) ['valid']"),
-    (lambda d: d["train"].update(labels=np.full((3, 1, 1), 4.0, np.float32)), "in [-3, 3]"),
-    (lambda d: d["train"].update(audio=np.zeros((3, 5, 7), np.float32)), "audio feature size differs between splits"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["valid"].pop("audio"), "[valid]: missing key 'audio'"),
+        (
+            lambda d: d["test"].update(labels=np.zeros((3, 2), np.float32)),
+            "'labels': expected 3 sentiment scores",
+        ),
+        (
+            lambda d: d["train"].update(vision=np.zeros((2, 5, 2), np.float32)),
+            "'vision': expected shape (3, *, *), got (2, 5, 2)",
+        ),
+        (
+            lambda d: d["train"].update(text=np.zeros((3, 5), np.float32)),
+            "'text': expected shape (N, *, *), got (3, 5)",
+        ),
+        (lambda d: d.update(dev=d.pop("valid")), "missing split(s) ['valid']"),
+        (lambda d: d["train"].update(labels=np.full((3, 1, 1), 4.0, np.float32)), "in [-3, 3]"),
+        (
+            lambda d: d["train"].update(audio=np.zeros((3, 5, 7), np.float32)),
+            "audio feature size differs between splits",
+        ),
+    ],
+)
 def test_malformed_files_name_the_problem(write_pickle, change, message):
     data = mult_file()
     change(data)
@@ -95,10 +126,14 @@ def test_malformed_files_name_the_problem(write_pickle, change, message):
 
 
 def test_iemocap_labels_must_be_one_hot(write_pickle):
-    data = {s: mult_split(labels=np.ones((3, 4, 2), np.float32)) for s in ("train", "valid", "test")}
+    data = {
+        s: mult_split(labels=np.ones((3, 4, 2), np.float32)) for s in ("train", "valid", "test")
+    }
     with pytest.raises(DataError, match=r"'labels': expected one-hot"):
         load_dataset("iemocap", write_pickle(data, "iemocap_data.pkl").parent)
-    data = {s: mult_split(labels=np.zeros((3, 1, 1), np.float32)) for s in ("train", "valid", "test")}
+    data = {
+        s: mult_split(labels=np.zeros((3, 1, 1), np.float32)) for s in ("train", "valid", "test")
+    }
     with pytest.raises(DataError, match=r"expected shape \(3, 4, 2\), got \(3, 1, 1\)"):
         load_dataset("iemocap", write_pickle(data, "iemocap_data.pkl").parent)
 

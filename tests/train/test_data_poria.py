@@ -21,7 +21,9 @@ def poria_arrays(videos=10, slots=4):
     for part in ("train", "test"):
         out[f"{part}_mask"], out[f"{part}_label"] = mask, label
         for m in ("text", "audio", "video"):
-            out[f"{m}_{part}"] = rng.uniform(0.1, 1, (videos, slots, 5)).astype(np.float32)  # padding is NOT zero
+            out[f"{m}_{part}"] = rng.uniform(0.1, 1, (videos, slots, 5)).astype(
+                np.float32
+            )  # padding is NOT zero
     return out
 
 
@@ -42,7 +44,9 @@ def test_malformed_labels(tmp_path):
     arrays = poria_arrays()
     arrays["test_label"] = arrays["test_label"][..., :1]
     np.savez(tmp_path / "mosi_utterance_2way.npz", **arrays)
-    with pytest.raises(DataError, match=r"'test_label': expected shape \(10, 4, 2\), got \(10, 4, 1\)"):
+    with pytest.raises(
+        DataError, match=r"'test_label': expected shape \(10, 4, 2\), got \(10, 4, 1\)"
+    ):
         load_dataset("mosi", tmp_path, "poria")
 
 

@@ -8,6 +8,7 @@ steps that moves losses and MAE/Corr by ~1e-6 here; TOL (1e-4) leaves room for o
 builds. Accuracies and F1 would differ only if a prediction sat within rounding of a decision
 threshold, which these seeds do not produce.
 """
+
 import json
 import os
 import subprocess
@@ -36,8 +37,14 @@ def _torchrun(args, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(REPO / "train" / "main.py")] + args
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(REPO / "train" / "main.py"),
+    ] + args
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -58,11 +65,14 @@ def _assert_close_results(got, expected, tol):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset, extra", [
-    # the cross-batch memory holds the global batches on both ranks; the terms summed over the global batch
-    ("mosi", ["--memory-size", "24", "--hybrid-reduction", "sum"]),
-    ("iemocap", ["--pair-selection"]),  # h = floor(0.2 * 16) = 3 from the global batch of 16
-])
+@pytest.mark.parametrize(
+    "dataset, extra",
+    [
+        # the cross-batch memory holds the global batches on both ranks; the terms summed over the global batch
+        ("mosi", ["--memory-size", "24", "--hybrid-reduction", "sum"]),
+        ("iemocap", ["--pair-selection"]),  # h = floor(0.2 * 16) = 3 from the global batch of 16
+    ],
+)
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, dataset, extra):
     data = tmp_path / "data"
     # valid: shards of 9 and 8 samples, so 2 and 1 evaluation batches of 8
@@ -89,8 +99,17 @@ def test_demo_written_by_rank0_and_resume_continues_exactly(tmp_path):
     states in last.pt make 1 + 1 resumed epochs equal 2 uninterrupted ones."""
     # the feature transformer: the demo's small BERT would only make this test slower (its DDP
     # path is test_pretrained_text_encoder_under_ddp)
-    args = ["--dataset", "mosi", "--demo", "--text-encoder", "transformer", "--batch-size", "16",
-            "--backend", "auto"] + CPU
+    args = [
+        "--dataset",
+        "mosi",
+        "--demo",
+        "--text-encoder",
+        "transformer",
+        "--batch-size",
+        "16",
+        "--backend",
+        "auto",
+    ] + CPU
     full = _torchrun(args + ["--epochs", "2", "--out", str(tmp_path / "full")])
     assert full.count("demo: wrote") == 1
     _torchrun(args + ["--epochs", "1", "--out", str(tmp_path / "part")])
@@ -104,7 +123,9 @@ def test_comparison_losses_are_refused_under_torchrun(tmp_path, monkeypatch):
     two_ranks = distributed.DistContext(0, 2, 0, torch.device("cpu"), "gloo")
     monkeypatch.setattr(distributed, "init_from_env", lambda backend=None: two_ranks)
     with pytest.raises(ValueError, match="--contrastive-loss triplet: under torchrun only hycon"):
-        main(["--dataset", "mosi", "--demo", "--out", str(tmp_path), "--contrastive-loss", "triplet"])
+        main(
+            ["--dataset", "mosi", "--demo", "--out", str(tmp_path), "--contrastive-loss", "triplet"]
+        )
     with pytest.raises(ValueError, match="--device: under torchrun"):
         main(["--dataset", "mosi", "--demo", "--out", str(tmp_path), "--device", "cuda:1"])
 
@@ -112,15 +133,43 @@ def test_comparison_losses_are_refused_under_torchrun(tmp_path, monkeypatch):
 def test_hybrid_loss_refuses_comparison_losses_on_the_global_batch():
     x = torch.randn(4, 5)
     with pytest.raises(ValueError, match="only 'hycon' pairs anchors across the global batch"):
-        hybrid_loss(x, x, x, torch.tensor([0, 1, 0, 1]), loss="npair", global_batch=True, backend="reference")
+        hybrid_loss(
+            x,
+            x,
+            x,
+            torch.tensor([0, 1, 0, 1]),
+            loss="npair",
+            global_batch=True,
+            backend="reference",
+        )
 
 
 @pytest.mark.slow
 def test_pretrained_text_encoder_under_ddp(tmp_path, tiny_bert_magbert):
     """BERT's pooler gets no gradient: DDP must run with find_unused_parameters (else it raises)."""
-    _torchrun(["--dataset", "mosi", "--data-dir", str(tiny_bert_magbert.data), "--format", "magbert",
-               "--text-encoder", "bert", "--pretrained", str(tiny_bert_magbert.bert), "--max-seq-len", "12",
-               "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "out")] + CPU)
+    _torchrun(
+        [
+            "--dataset",
+            "mosi",
+            "--data-dir",
+            str(tiny_bert_magbert.data),
+            "--format",
+            "magbert",
+            "--text-encoder",
+            "bert",
+            "--pretrained",
+            str(tiny_bert_magbert.bert),
+            "--max-seq-len",
+            "12",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        + CPU
+    )
     assert _results(tmp_path / "out")["best_epoch"] in (1, 2)
 
 

@@ -1,4 +1,5 @@
 """The Graph Fusion Network (Mai et al., AAAI 2020): its nodes, their weights, and gradients."""
+
 import pytest
 import torch
 
@@ -9,7 +10,9 @@ B, D = 4, 6
 
 def _inputs(dtype=torch.float32, requires_grad=False):
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(B, D, generator=g, dtype=dtype).requires_grad_(requires_grad) for _ in range(3)]
+    return [
+        torch.randn(B, D, generator=g, dtype=dtype).requires_grad_(requires_grad) for _ in range(3)
+    ]
 
 
 def test_nodes_and_shapes():
@@ -23,7 +26,9 @@ def test_nodes_and_shapes():
     torch.testing.assert_close(gfn(*_inputs()), nodes.fused)
     # the fused vector is the three layers: mean of weighted unimodal nodes, sums of the others
     uni = (nodes.unimodal_weights.unsqueeze(-1) * nodes.unimodal).mean(1)
-    torch.testing.assert_close(nodes.fused, torch.cat([uni, nodes.bimodal.sum(1), nodes.trimodal.sum(1)], -1))
+    torch.testing.assert_close(
+        nodes.fused, torch.cat([uni, nodes.bimodal.sum(1), nodes.trimodal.sum(1)], -1)
+    )
     # six trimodal nodes: three bimodal-bimodal pairs, three bimodal-unimodal with the missing modality
     kinds = [k for k, _, _ in GraphFusion.TRIMODAL]
     assert kinds.count("b") == 3 and kinds.count("u") == 3
@@ -35,7 +40,9 @@ def test_nodes_and_shapes():
 def test_weights_as_specified():
     torch.manual_seed(0)
     nodes = GraphFusion(D).graph(*_inputs())
-    assert ((nodes.unimodal_weights > 0) & (nodes.unimodal_weights < 1)).all()  # sigmoid scores, not normalised
+    assert (
+        (nodes.unimodal_weights > 0) & (nodes.unimodal_weights < 1)
+    ).all()  # sigmoid scores, not normalised
     torch.testing.assert_close(nodes.bimodal_weights.sum(1), torch.ones(B))
     torch.testing.assert_close(nodes.trimodal_weights.sum(1), torch.ones(B))
 
@@ -52,7 +59,9 @@ def test_similar_modalities_give_their_bimodal_node_less_weight():
     s = torch.sigmoid(gfn.uni_score.bias)
     sim_la = (torch.softmax(x_l, -1) ** 2).sum(-1)
     sim_lv = (torch.softmax(x_l, -1) * torch.softmax(x_v, -1)).sum(-1)
-    scores = torch.stack([2 * s / (sim_la + 0.5), 2 * s / (sim_lv + 0.5), 2 * s / (sim_lv + 0.5)], 1)
+    scores = torch.stack(
+        [2 * s / (sim_la + 0.5), 2 * s / (sim_lv + 0.5), 2 * s / (sim_lv + 0.5)], 1
+    )
     torch.testing.assert_close(w, torch.softmax(scores, 1))
 
 
@@ -73,5 +82,7 @@ def test_every_modality_reaches_every_layer(k):
     xs = _inputs(requires_grad=True)
     fused = gfn(*xs)
     for layer in range(3):
-        grad, = torch.autograd.grad(fused[:, layer * D:(layer + 1) * D].sum(), xs[k], retain_graph=True)
+        (grad,) = torch.autograd.grad(
+            fused[:, layer * D : (layer + 1) * D].sum(), xs[k], retain_graph=True
+        )
         assert grad.abs().sum() > 0

@@ -1,4 +1,5 @@
 """Metrics: hand-computed cases, round-half-to-even, F1 argument order, the three conventions."""
+
 import math
 from pathlib import Path
 
@@ -8,7 +9,13 @@ from sklearn.metrics import f1_score
 
 from train.metrics import emotion_columns, emotion_metrics, multiclass_acc, sentiment_metrics
 
-FOLDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "mosi_labels_standard_folds.npz"
+FOLDS = (
+    Path(__file__).resolve().parents[3]
+    / "shared"
+    / "data"
+    / "real"
+    / "mosi_labels_standard_folds.npz"
+)
 
 LABELS = np.array([-2.0, -1.0, 0.0, 0.0, 1.0, 2.5])
 PREDS = np.array([-1.0, 0.5, -0.5, 0.0, 2.0, 2.5])
@@ -40,17 +47,23 @@ def test_hand_computed_magbert():
     assert m["Corr_all"] == pytest.approx(np.corrcoef(PREDS, LABELS)[0, 1])
     mult = sentiment_metrics(PREDS, LABELS, "mult")
     assert mult["MAE"] == mult["MAE_all"] == pytest.approx(m["MAE_all"])
-    assert mult["MAE_non0"] == pytest.approx(m["MAE"]) and mult["Corr_non0"] == pytest.approx(m["Corr"])
+    assert mult["MAE_non0"] == pytest.approx(m["MAE"]) and mult["Corr_non0"] == pytest.approx(
+        m["Corr"]
+    )
     # >= 0 on the predictions: a prediction of exactly 0 on a positive label counts as positive
     z = sentiment_metrics(np.array([0.0, -1.0]), np.array([1.0, -1.0]), "magbert")
     assert z["Acc2"] == 1.0
-    assert sentiment_metrics(np.array([0.0, -1.0]), np.array([1.0, -1.0]), "mmsa")["Acc2_non0"] == 0.5
+    assert (
+        sentiment_metrics(np.array([0.0, -1.0]), np.array([1.0, -1.0]), "mmsa")["Acc2_non0"] == 0.5
+    )
 
 
 def test_round_half_to_even_in_acc7():
     truth = np.array([0.5, 1.5, 2.5, -0.5, -2.5])
     assert multiclass_acc(np.array([0.0, 2.0, 2.0, 0.0, -2.0]), truth) == 1.0
-    assert multiclass_acc(np.array([1.0, 2.0, 3.0, -1.0, -3.0]), truth) == pytest.approx(1 / 5)  # only 1.5 -> 2
+    assert multiclass_acc(np.array([1.0, 2.0, 3.0, -1.0, -3.0]), truth) == pytest.approx(
+        1 / 5
+    )  # only 1.5 -> 2
 
 
 def test_acc7_clips_to_the_label_range():
@@ -125,4 +138,9 @@ def test_emotion_metrics_hand_computed():
 
 def test_table3_column_order():
     cols = emotion_columns(["Neutral", "Happy", "Sad", "Angry"])
-    assert cols[:2] == ["Happy_Acc", "Happy_F1"] and cols[6:] == ["Neutral_Acc", "Neutral_F1", "Avg_Acc", "Avg_F1"]
+    assert cols[:2] == ["Happy_Acc", "Happy_F1"] and cols[6:] == [
+        "Neutral_Acc",
+        "Neutral_F1",
+        "Avg_Acc",
+        "Avg_F1",
+    ]

@@ -1,5 +1,6 @@
 """Model output shapes for every fusion and text encoder; task/pair-class helpers; the
 comparison losses of eqs. 18-20 against hand-computed float64 values."""
+
 import math
 from types import SimpleNamespace
 
@@ -16,9 +17,14 @@ DIMS = {"text": 12, "audio": 5, "vision": 6}
 
 
 def fake_info(task="regression", text_kind="features"):
-    return SimpleNamespace(name="mosi" if task == "regression" else "iemocap", fmt="mult", task=task,
-                           text_kind=text_kind, dims=dict(DIMS, text=DIMS["text"] if text_kind == "features" else None),
-                           emotions=["Neutral", "Happy", "Sad", "Angry"] if task == "emotion" else [])
+    return SimpleNamespace(
+        name="mosi" if task == "regression" else "iemocap",
+        fmt="mult",
+        task=task,
+        text_kind=text_kind,
+        dims=dict(DIMS, text=DIMS["text"] if text_kind == "features" else None),
+        emotions=["Neutral", "Happy", "Sad", "Angry"] if task == "emotion" else [],
+    )
 
 
 def left_padded_mask(lengths, t=T):
@@ -28,9 +34,12 @@ def left_padded_mask(lengths, t=T):
 def fake_batch(text_kind="features", vocab=30):
     g = torch.Generator().manual_seed(0)
     batch = {
-        "audio": torch.randn(B, T, DIMS["audio"], generator=g), "audio_mask": left_padded_mask([7, 3, 1, 0, 5]),
-        "vision": torch.randn(B, T, DIMS["vision"], generator=g), "vision_mask": left_padded_mask([2, 7, 7, 4, 1]),
-        "text_mask": left_padded_mask([7, 6, 5, 4, 3]), "label": torch.tensor([-2.0, 0.0, 1.5, 3.0, -0.4]),
+        "audio": torch.randn(B, T, DIMS["audio"], generator=g),
+        "audio_mask": left_padded_mask([7, 3, 1, 0, 5]),
+        "vision": torch.randn(B, T, DIMS["vision"], generator=g),
+        "vision_mask": left_padded_mask([2, 7, 7, 4, 1]),
+        "text_mask": left_padded_mask([7, 6, 5, 4, 3]),
+        "label": torch.tensor([-2.0, 0.0, 1.5, 3.0, -0.4]),
     }
     if text_kind == "features":
         batch["text"] = torch.randn(B, T, DIMS["text"], generator=g)
@@ -59,8 +68,11 @@ def test_output_shapes_every_fusion(fusion, task):
     assert out.fused.shape == (B, model.fusion.out_dim)
     assert out.output.shape == ((B,) if task == "regression" else (B, 4, 2))
     assert torch.isfinite(out.output).all()  # including the sample with an empty audio sequence
-    loss = task_loss(out.output, fake_batch()["label"] if task == "regression"
-                     else torch.tensor([[1, 0, 0, 0]] * B), task)
+    loss = task_loss(
+        out.output,
+        fake_batch()["label"] if task == "regression" else torch.tensor([[1, 0, 0, 0]] * B),
+        task,
+    )
     loss.backward()
     assert all(p.grad is not None for p in model.head.parameters())
 
@@ -70,7 +82,9 @@ def test_padding_steps_do_not_change_the_representation():
     model = HyConModel(fake_info(), ModelConfig(d=10, heads=2)).eval()
     batch = fake_batch()
     ref = model(batch).unimodal
-    batch["audio"] = batch["audio"].masked_fill(~batch["audio_mask"][..., None], 123.0)  # garbage in padding
+    batch["audio"] = batch["audio"].masked_fill(
+        ~batch["audio_mask"][..., None], 123.0
+    )  # garbage in padding
     # row 3 has no real audio step, so its (all-padding) input legitimately changes
     torch.testing.assert_close(model(batch).unimodal[1][[0, 1, 2, 4]], ref[1][[0, 1, 2, 4]])
 
@@ -79,21 +93,32 @@ def test_padding_steps_do_not_change_the_representation():
 def test_pretrained_text_encoders(tmp_path, kind):
     transformers = pytest.importorskip("transformers")
     if kind == "bert":
-        cfg = transformers.BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32, max_position_embeddings=16)
+        cfg = transformers.BertConfig(
+            vocab_size=30,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+        )
         transformers.BertModel(cfg).save_pretrained(tmp_path)
     else:
         cfg = transformers.XLNetConfig(vocab_size=30, d_model=16, n_layer=1, n_head=2, d_inner=32)
         transformers.XLNetModel(cfg).save_pretrained(tmp_path)
     torch.manual_seed(0)
-    model = HyConModel(fake_info(text_kind="tokens"),
-                       ModelConfig(d=10, heads=2, text_encoder=kind, pretrained=str(tmp_path))).eval()
+    model = HyConModel(
+        fake_info(text_kind="tokens"),
+        ModelConfig(d=10, heads=2, text_encoder=kind, pretrained=str(tmp_path)),
+    ).eval()
     out = model(fake_batch("tokens"))
     assert out.unimodal[0].shape == (B, 10) and out.output.shape == (B,)
     n_text = sum(p.numel() for p in model.text_parameters())
     assert 0 < n_text < count_parameters(model)
     opt = make_optimizer(model, TrainSettings(epochs=1, batch_size=2, lr=1e-3, text_lr=2e-5))
-    assert [g["lr"] for g in opt.param_groups] == [1e-3, 2e-5]  # --text-lr for the pretrained encoder
+    assert [g["lr"] for g in opt.param_groups] == [
+        1e-3,
+        2e-5,
+    ]  # --text-lr for the pretrained encoder
     assert sum(p.numel() for p in opt.param_groups[1]["params"]) == n_text
 
 
@@ -101,7 +126,10 @@ def test_clear_errors_for_mismatched_text_encoder(tmp_path):
     with pytest.raises(ValueError, match="needs token ids"):
         HyConModel(fake_info(), ModelConfig(text_encoder="bert", pretrained="x"))
     with pytest.raises(FileNotFoundError, match="--pretrained"):
-        HyConModel(fake_info(text_kind="tokens"), ModelConfig(text_encoder="bert", pretrained=str(tmp_path)))
+        HyConModel(
+            fake_info(text_kind="tokens"),
+            ModelConfig(text_encoder="bert", pretrained=str(tmp_path)),
+        )
     with pytest.raises(ValueError, match="heads"):
         HyConModel(fake_info(), ModelConfig(d=10, heads=3))
 
@@ -116,9 +144,13 @@ def test_pair_classes():
 
 
 def test_task_losses():
-    assert task_loss(torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0]), "regression").item() == pytest.approx(1.5)
+    assert task_loss(
+        torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0]), "regression"
+    ).item() == pytest.approx(1.5)
     logits = torch.tensor([[[0.0, math.log(3.0)]]])  # p(present) = 3/4
-    assert task_loss(logits, torch.tensor([[1]]), "emotion").item() == pytest.approx(-math.log(0.75))
+    assert task_loss(logits, torch.tensor([[1]]), "emotion").item() == pytest.approx(
+        -math.log(0.75)
+    )
 
 
 # ---- comparison losses: K = 2 samples, classes equal, 3 modalities; rows r = m*K + i
@@ -144,7 +176,11 @@ def test_hard_triplet_matches_hand_computation():
         return float(((z[a] - z[b]) ** 2).sum())
 
     # intra: anchors 0,1 (class 0) of each modality have one positive (the other) and one negative (2)
-    want = [d2(m * 3 + i, m * 3 + (1 - i)) - d2(m * 3 + i, m * 3 + 2) + 1 for m in range(3) for i in range(2)]
+    want = [
+        d2(m * 3 + i, m * 3 + (1 - i)) - d2(m * 3 + i, m * 3 + 2) + 1
+        for m in range(3)
+        for i in range(2)
+    ]
     assert intra.item() == pytest.approx(sum(want) / len(want))
     # inter: hardest positive = lowest similarity among the other sample's other modalities
     vals = []
@@ -163,7 +199,10 @@ def test_triplet_margin_is_a_hinge_and_none_is_eq19():
     xs, cls = _tiny()
     z, s = _sim(xs)
     printed = comparison_loss("hard-triplet", *xs, cls)
-    assert comparison_loss("hard-triplet", *xs, cls, triplet_margin=None)[0].item() == printed[0].item()
+    assert (
+        comparison_loss("hard-triplet", *xs, cls, triplet_margin=None)[0].item()
+        == printed[0].item()
+    )
     # squared distances of softmax rows are below 2: a margin of 10 never clips, so it is eq. 19 + 9
     wide = comparison_loss("hard-triplet", *xs, cls, triplet_margin=10.0)
     assert [w.item() for w in wide] == pytest.approx([p.item() + 9 for p in printed])
@@ -172,9 +211,15 @@ def test_triplet_margin_is_a_hinge_and_none_is_eq19():
     def d2(a, b):
         return float(((z[a] - z[b]) ** 2).sum())
 
-    gaps = [d2(m * 3 + i, m * 3 + (1 - i)) - d2(m * 3 + i, m * 3 + 2) for m in range(3) for i in range(2)]
+    gaps = [
+        d2(m * 3 + i, m * 3 + (1 - i)) - d2(m * 3 + i, m * 3 + 2)
+        for m in range(3)
+        for i in range(2)
+    ]
     assert zero.item() == pytest.approx(sum(max(0.0, g) for g in gaps) / len(gaps))
-    assert any(g < 0 for g in gaps) and any(g > 0 for g in gaps)  # the hinge really clips some anchors
+    assert any(g < 0 for g in gaps) and any(
+        g > 0 for g in gaps
+    )  # the hinge really clips some anchors
 
 
 def test_classical_and_npair_with_a_single_positive():
@@ -216,8 +261,13 @@ def test_hybrid_loss_dispatch():
     assert h.total.item() == pytest.approx((h.iamcl + h.iemcl + h.scl).item())
     z = torch.softmax(torch.cat(xs), -1).detach()
     k = 6  # SCL (eq. 6) by a loop: each anchor against its own sample's two other modalities
-    scl = sum(0.5 * float(z[m * k + i] @ z[n * k + i] - 0.8) ** 2
-              for m in range(3) for i in range(k) for n in range(3) if n != m) / (3 * k)
+    scl = sum(
+        0.5 * float(z[m * k + i] @ z[n * k + i] - 0.8) ** 2
+        for m in range(3)
+        for i in range(k)
+        for n in range(3)
+        if n != m
+    ) / (3 * k)
     assert h.scl.item() == pytest.approx(scl)
     c = hybrid_loss(*xs, cls, loss="hard-triplet", lambdas=(1.0, 0.5, 2.0), backend="reference")
     intra, inter = comparison_loss("hard-triplet", *xs, cls)

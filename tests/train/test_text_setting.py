@@ -1,6 +1,7 @@
 """The paper's text setting by default (BERT for MOSI/MOSEI over words or token ids), the one-line
 fallback to the feature Transformer, clear errors for an explicit BERT, --text-pool, and the
 offline demo BERT. No test downloads anything: HF_HUB_OFFLINE=1 and tiny local models."""
+
 import json
 import types
 
@@ -15,7 +16,9 @@ from train.model import PretrainedTextEncoder
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # bert-base-uncased is not in the cache here: fail fast
+    monkeypatch.setenv(
+        "HF_HUB_OFFLINE", "1"
+    )  # bert-base-uncased is not in the cache here: fail fast
 
 
 def _files(tmp_path, *fmts):
@@ -28,7 +31,13 @@ def test_default_mosi_prefers_a_word_file_and_loads_bert(tmp_path):
     data = _files(tmp_path / "d", "mult", "magbert")
     bert = text_setting.write_demo_bert(tmp_path / "bert")
     s = text_setting.resolve("mosi", data, "auto", None, str(bert))
-    assert (s.encoder, s.fmt, s.pretrained, s.note, s.explicit) == ("bert", "magbert", str(bert), None, False)
+    assert (s.encoder, s.fmt, s.pretrained, s.note, s.explicit) == (
+        "bert",
+        "magbert",
+        str(bert),
+        None,
+        False,
+    )
     assert s.tokenizer.tokenize("goodness") == ["good", "##ness"]
     # with the same two files the feature Transformer keeps MulT's file, as before
     assert text_setting.resolve("mosi", data, "auto", "transformer").fmt == "auto"
@@ -45,7 +54,9 @@ def test_without_weights_one_line_says_it_is_not_the_papers_setting(tmp_path):
 
 def test_a_feature_file_alone_gives_the_note_without_loading_weights(tmp_path, monkeypatch):
     data = _files(tmp_path, "mult")
-    monkeypatch.setattr(text_setting, "load_pretrained", lambda *a: pytest.fail("weights need not be loaded"))
+    monkeypatch.setattr(
+        text_setting, "load_pretrained", lambda *a: pytest.fail("weights need not be loaded")
+    )
     s = text_setting.resolve("mosi", data, "auto")
     assert s.encoder == "transformer" and "holds text features" in s.note
 
@@ -56,11 +67,17 @@ def test_words_without_weights_or_features_is_an_error(tmp_path):
         text_setting.resolve("mosi", data, "auto")
 
 
-@pytest.mark.parametrize("fmts, match", [
-    (("magbert",), r"--text-encoder bert: cannot load the tokenizer of 'bert-base-uncased'.*"
-                   r"AutoModel.from_pretrained\('bert-base-uncased'\).*--pretrained"),
-    (("mult",), "--text-encoder bert: mosi_data.pkl \\(mult\\) holds text features"),
-])
+@pytest.mark.parametrize(
+    "fmts, match",
+    [
+        (
+            ("magbert",),
+            r"--text-encoder bert: cannot load the tokenizer of 'bert-base-uncased'.*"
+            r"AutoModel.from_pretrained\('bert-base-uncased'\).*--pretrained",
+        ),
+        (("mult",), "--text-encoder bert: mosi_data.pkl \\(mult\\) holds text features"),
+    ],
+)
 def test_explicit_bert_that_cannot_run_is_a_clear_error(tmp_path, fmts, match):
     with pytest.raises(DataError, match=match):
         text_setting.resolve("mosi", _files(tmp_path, *fmts), "auto", "bert")
@@ -72,7 +89,9 @@ def test_mmsa_without_token_ids_falls_back_after_reading(tmp_path):
     s = text_setting.after_loading(default, info)
     assert s.encoder == "transformer" and "aligned_50.pkl has no token ids" in s.note
     with pytest.raises(DataError, match="--text-encoder bert: aligned_50.pkl has no token ids"):
-        text_setting.after_loading(text_setting.TextSetting("bert", "x", "mmsa", "auto", explicit=True), info)
+        text_setting.after_loading(
+            text_setting.TextSetting("bert", "x", "mmsa", "auto", explicit=True), info
+        )
 
 
 def test_mmsa_reads_features_for_the_transformer_and_ids_for_bert(tmp_path):
@@ -92,17 +111,37 @@ def test_text_pool_cls_and_last(tmp_path):
     with torch.no_grad():
         hidden = last.backbone(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         torch.testing.assert_close(cls(ids, torch.zeros_like(ids), mask), cls.proj(hidden[:, 0]))
-        torch.testing.assert_close(last(ids, torch.zeros_like(ids), mask), last.proj(hidden[[0, 1], [3, 2]]))
+        torch.testing.assert_close(
+            last(ids, torch.zeros_like(ids), mask), last.proj(hidden[[0, 1], [3, 2]])
+        )
     with pytest.raises(ValueError, match="text_pool"):
         PretrainedTextEncoder(str(bert), 4, "mean")
 
 
 @pytest.mark.slow
 def test_demo_trains_the_small_random_bert_offline(tmp_path, capsys):
-    summary = main(["--dataset", "mosi", "--demo", "--epochs", "1", "--batch-size", "64", "--text-pool", "cls",
-                    "--backend", "reference", "--out", str(tmp_path)])
+    summary = main(
+        [
+            "--dataset",
+            "mosi",
+            "--demo",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--text-pool",
+            "cls",
+            "--backend",
+            "reference",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     printed = capsys.readouterr().out
-    assert "a small randomly initialised BERT-architecture model" in printed and "not the pretrained" in printed
+    assert (
+        "a small randomly initialised BERT-architecture model" in printed
+        and "not the pretrained" in printed
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert summary["format"] == "magbert" and saved["args"]["text_encoder"] == "bert"
     assert saved["args"]["pretrained"] == str(tmp_path / "demo-data" / "tiny-bert")
@@ -111,5 +150,17 @@ def test_demo_trains_the_small_random_bert_offline(tmp_path, capsys):
 def test_cli_explicit_transformer_with_cls_pool_is_an_error(tmp_path):
     data = _files(tmp_path / "d", "mult")
     with pytest.raises(ValueError, match="--text-pool cls: applies to bert/xlnet"):
-        main(["--dataset", "mosi", "--data-dir", str(data), "--text-encoder", "transformer", "--text-pool", "cls",
-              "--out", str(tmp_path / "o")])
+        main(
+            [
+                "--dataset",
+                "mosi",
+                "--data-dir",
+                str(data),
+                "--text-encoder",
+                "transformer",
+                "--text-pool",
+                "cls",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )

@@ -1,4 +1,5 @@
 """What the readers hand back: per-split datasets of tensor dicts and a description of the data."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ class TensorDictDataset(Dataset):
     def __init__(self, tensors: dict[str, torch.Tensor]):
         sizes = {k: len(v) for k, v in tensors.items()}
         if len(set(sizes.values())) != 1:
-            raise DataError(f"all arrays of a split must have the same number of samples, got {sizes}")
+            raise DataError(
+                f"all arrays of a split must have the same number of samples, got {sizes}"
+            )
         self.tensors = dict(tensors)
         self.tensors["index"] = torch.arange(next(iter(sizes.values())))
 

@@ -1,4 +1,5 @@
 """Validation helpers: every complaint names the file, split, key and what was expected."""
+
 from __future__ import annotations
 
 import pickle
@@ -25,10 +26,14 @@ def load_pickle(path: Path):
 
 def require_splits(data, names: tuple[str, ...], where: str) -> None:
     if not isinstance(data, dict):
-        raise DataError(f"{where}: expected a dict with keys {list(names)}, got {type(data).__name__}")
+        raise DataError(
+            f"{where}: expected a dict with keys {list(names)}, got {type(data).__name__}"
+        )
     missing = [s for s in names if s not in data]
     if missing:
-        raise DataError(f"{where}: missing split(s) {missing}; expected {list(names)}, found {sorted(map(str, data))}")
+        raise DataError(
+            f"{where}: missing split(s) {missing}; expected {list(names)}, found {sorted(map(str, data))}"
+        )
 
 
 def require_key(split: dict, key: str, where: str):
@@ -39,7 +44,9 @@ def require_key(split: dict, key: str, where: str):
     return split[key]
 
 
-def as_array(value, where: str, *, ndim: int, n: int | None = None, shape: dict[int, int] | None = None) -> np.ndarray:
+def as_array(
+    value, where: str, *, ndim: int, n: int | None = None, shape: dict[int, int] | None = None
+) -> np.ndarray:
     """value as a numeric array with `ndim` dims, `n` rows and the given sizes at given axes."""
     arr = np.asarray(value)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
@@ -54,7 +61,9 @@ def as_array(value, where: str, *, ndim: int, n: int | None = None, shape: dict[
     return arr
 
 
-def features(value, where: str, *, n: int | None = None, allow_neg_inf: bool = False, ndim: int = 3) -> torch.Tensor:
+def features(
+    value, where: str, *, n: int | None = None, allow_neg_inf: bool = False, ndim: int = 3
+) -> torch.Tensor:
     """(N, T, d) (or `ndim`-d) float32 features with non-finite values set to 0.
 
     -inf is a documented quirk of the audio arrays (log-energy of silence); anything else
@@ -65,7 +74,9 @@ def features(value, where: str, *, n: int | None = None, allow_neg_inf: bool = F
     if bad.any():
         unexpected = bad & ~(torch.isneginf(x) if allow_neg_inf else torch.zeros_like(bad))
         if unexpected.any():
-            warnings.warn(f"{where}: {int(unexpected.sum())} non-finite values set to 0", stacklevel=3)
+            warnings.warn(
+                f"{where}: {int(unexpected.sum())} non-finite values set to 0", stacklevel=3
+            )
         x[bad] = 0.0
     return x
 
@@ -74,8 +85,10 @@ def sentiment(value, where: str, n: int) -> torch.Tensor:
     """(N,) float sentiment scores in [-3, 3] from (N,), (N, 1) or (N, 1, 1)."""
     arr = np.asarray(value)
     if arr.ndim == 0 or arr.shape[0] != n or arr.size != n:
-        raise DataError(f"{where}: expected {n} sentiment scores of shape ({n},), ({n}, 1) or ({n}, 1, 1), "
-                        f"got {tuple(arr.shape)}")
+        raise DataError(
+            f"{where}: expected {n} sentiment scores of shape ({n},), ({n}, 1) or ({n}, 1, 1), "
+            f"got {tuple(arr.shape)}"
+        )
     y = torch.from_numpy(as_array(arr.reshape(n), where, ndim=1).astype(np.float32))
     check_sentiment_range(y, where)
     return y
@@ -84,8 +97,10 @@ def sentiment(value, where: str, n: int) -> torch.Tensor:
 def check_sentiment_range(y: torch.Tensor, where: str) -> None:
     # an empty split passes here; load_dataset names it
     if y.numel() and (not torch.isfinite(y).all() or y.abs().max() > 3 + 1e-4):
-        raise DataError(f"{where}: sentiment scores must be finite and in [-3, 3], "
-                        f"got range [{y.min().item():g}, {y.max().item():g}]")
+        raise DataError(
+            f"{where}: sentiment scores must be finite and in [-3, 3], "
+            f"got range [{y.min().item():g}, {y.max().item():g}]"
+        )
 
 
 def same_dims(per_split: dict[str, int], what: str, path: Path) -> int:

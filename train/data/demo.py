@@ -8,6 +8,7 @@ right-pads with lengths; MAG-BERT stores raw words with per-word features.
 Token ids and words come from DEMO_VOCAB, which a tiny local BertTokenizer can load
 (write_demo_vocab); the MulT demo needs no tokenizer at all.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,27 +20,63 @@ import numpy as np
 from .errors import DataError
 from .locate import FILES, check_name_fmt
 
-DEMO_FORMATS = {"iemocap": ("mult",), "mosi": ("mult", "mmsa", "magbert"), "mosei": ("mult", "mmsa", "magbert")}
+DEMO_FORMATS = {
+    "iemocap": ("mult",),
+    "mosi": ("mult", "mmsa", "magbert"),
+    "mosei": ("mult", "mmsa", "magbert"),
+}
 DEFAULT_FMT = "mult"  # GloVe-feature text: the demo trains without a pretrained BERT
 
 # Feature sizes of the published files (text, audio, vision).
 DIMS = {
-    ("mult", "mosi"): (300, 5, 20), ("mult", "mosei"): (300, 74, 35), ("mult", "iemocap"): (300, 74, 35),
-    ("mmsa", "mosi"): (768, 5, 20), ("mmsa", "mosei"): (768, 74, 35),
-    ("magbert", "mosi"): (None, 74, 47), ("magbert", "mosei"): (None, 74, 35),
+    ("mult", "mosi"): (300, 5, 20),
+    ("mult", "mosei"): (300, 74, 35),
+    ("mult", "iemocap"): (300, 74, 35),
+    ("mmsa", "mosi"): (768, 5, 20),
+    ("mmsa", "mosei"): (768, 74, 35),
+    ("magbert", "mosi"): (None, 74, 47),
+    ("magbert", "mosei"): (None, 74, 35),
 }
-SIGNAL = {"text": 1.0, "audio": 0.7, "vision": 0.7}  # signal strength per modality; noise std is 0.5
+SIGNAL = {
+    "text": 1.0,
+    "audio": 0.7,
+    "vision": 0.7,
+}  # signal strength per modality; noise std is 0.5
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-NEUTRAL = ["the", "movie", "was", "it", "a", "and", "i", "this", "really", "so", "film", "plot", "actor", "scene"]
+NEUTRAL = [
+    "the",
+    "movie",
+    "was",
+    "it",
+    "a",
+    "and",
+    "i",
+    "this",
+    "really",
+    "so",
+    "film",
+    "plot",
+    "actor",
+    "scene",
+]
 POSITIVE = ["good", "great", "love", "happy", "nice", "fun", "best", "enjoy"]
 NEGATIVE = ["bad", "awful", "hate", "sad", "boring", "worst", "poor", "dull"]
 SUFFIXES = ["##ness", "##ly", "##s"]
 DEMO_VOCAB = SPECIAL + NEUTRAL + POSITIVE + NEGATIVE + SUFFIXES
 # Words outside the vocabulary that WordPiece splits into sub-tokens (exercises feature repetition).
-DERIVED = {"goodness": ["good", "##ness"], "nicely": ["nice", "##ly"], "sadly": ["sad", "##ly"],
-           "badly": ["bad", "##ly"], "movies": ["movie", "##s"]}
-WORDS = {1: POSITIVE + ["goodness", "nicely"], -1: NEGATIVE + ["sadly", "badly"], 0: NEUTRAL + ["movies"]}
+DERIVED = {
+    "goodness": ["good", "##ness"],
+    "nicely": ["nice", "##ly"],
+    "sadly": ["sad", "##ly"],
+    "badly": ["bad", "##ly"],
+    "movies": ["movie", "##s"],
+}
+WORDS = {
+    1: POSITIVE + ["goodness", "nicely"],
+    -1: NEGATIVE + ["sadly", "badly"],
+    0: NEUTRAL + ["movies"],
+}
 
 
 def write_demo_vocab(directory) -> Path:
@@ -50,8 +87,18 @@ def write_demo_vocab(directory) -> Path:
     return path
 
 
-def write_demo(name: str, data_dir, fmt: str = "auto", *, seed: int = 0, n_train: int = 600, n_valid: int = 150,
-               n_test: int = 150, seq_len: int = 20, aligned: bool = True) -> Path:
+def write_demo(
+    name: str,
+    data_dir,
+    fmt: str = "auto",
+    *,
+    seed: int = 0,
+    n_train: int = 600,
+    n_valid: int = 150,
+    n_test: int = 150,
+    seq_len: int = 20,
+    aligned: bool = True,
+) -> Path:
     """Write a synthetic `name` file in format `fmt` under data_dir (its standard name); return its path.
 
     aligned=False writes the unaligned variant (MulT *_noalign.pkl, MMSA unaligned_50.pkl) whose
@@ -61,7 +108,9 @@ def write_demo(name: str, data_dir, fmt: str = "auto", *, seed: int = 0, n_train
     name = check_name_fmt(name, "auto")
     fmt = DEFAULT_FMT if fmt == "auto" else fmt
     if fmt not in DEMO_FORMATS[name]:
-        raise DataError(f"fmt: no {fmt!r} demo for {name}; {name} is published as {list(DEMO_FORMATS[name])}")
+        raise DataError(
+            f"fmt: no {fmt!r} demo for {name}; {name} is published as {list(DEMO_FORMATS[name])}"
+        )
     if seq_len < 4:
         raise DataError(f"seq_len must be >= 4 (room for special tokens and words), got {seq_len}")
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
@@ -72,23 +121,39 @@ def write_demo(name: str, data_dir, fmt: str = "auto", *, seed: int = 0, n_train
     path = Path(data_dir) / (name.upper() if fmt == "mmsa" else "") / file
     marker = path.with_name(path.name + ".demo.json")
     if path.exists() and not marker.exists():
-        raise DataError(f"{path} exists and is not a demo file (no {marker.name}); not overwriting it")
+        raise DataError(
+            f"{path} exists and is not a demo file (no {marker.name}); not overwriting it"
+        )
 
     rng = np.random.default_rng(seed)
     dims = DIMS[(fmt, name)]
-    directions = {m: _directions(rng, 4 if name == "iemocap" else 1, d)
-                  for m, d in zip(("text", "audio", "vision"), dims) if d is not None}
+    directions = {
+        m: _directions(rng, 4 if name == "iemocap" else 1, d)
+        for m, d in zip(("text", "audio", "vision"), dims)
+        if d is not None
+    }
     writer = {"mult": _mult_split, "mmsa": _mmsa_split, "magbert": _magbert_split}[fmt]
     data = {}
     for split, n in sizes.items():
         latent = _latent(rng, name, n)
-        data["dev" if fmt == "magbert" and split == "valid" else split] = \
-            writer(rng, name, latent, directions, seq_len, aligned, split)
+        data["dev" if fmt == "magbert" and split == "valid" else split] = writer(
+            rng, name, latent, directions, seq_len, aligned, split
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=4)
-    marker.write_text(json.dumps({"name": name, "fmt": fmt, "seed": seed, "sizes": sizes, "seq_len": seq_len,
-                                  "aligned": aligned}))
+    marker.write_text(
+        json.dumps(
+            {
+                "name": name,
+                "fmt": fmt,
+                "seed": seed,
+                "sizes": sizes,
+                "seq_len": seq_len,
+                "aligned": aligned,
+            }
+        )
+    )
     return path
 
 
@@ -118,7 +183,11 @@ def _lengths(rng, n: int, seq_len: int, low: int) -> np.ndarray:
 
 def _mult_split(rng, name, latent, directions, seq_len, aligned, split) -> dict:
     n = len(latent["code"])
-    steps = {"text": seq_len, "audio": seq_len if aligned else 2 * seq_len, "vision": seq_len if aligned else 2 * seq_len}
+    steps = {
+        "text": seq_len,
+        "audio": seq_len if aligned else 2 * seq_len,
+        "vision": seq_len if aligned else 2 * seq_len,
+    }
     lengths = _lengths(rng, n, seq_len, max(2, seq_len // 4))
     out = {}
     for m, t in steps.items():
@@ -147,7 +216,10 @@ def _sentence(rng, score: float, n_words: int) -> list[str]:
     """Words whose sentiment words follow the score's sign, more of them the stronger the score."""
     p = 0.2 + 0.5 * abs(score) / 3
     sign = int(np.sign(score))
-    return [str(rng.choice(WORDS[sign])) if rng.random() < p else str(rng.choice(WORDS[0])) for _ in range(n_words)]
+    return [
+        str(rng.choice(WORDS[sign])) if rng.random() < p else str(rng.choice(WORDS[0]))
+        for _ in range(n_words)
+    ]
 
 
 def _pieces(word: str) -> list[str]:
@@ -166,8 +238,12 @@ def _mmsa_split(rng, name, latent, directions, seq_len, aligned, split) -> dict:
         text_bert[i, 1, : len(tokens)] = 1
         text_len[i] = len(tokens)
         raw.append(" ".join(words))
-    out = {"text_bert": text_bert, "raw_text": raw, "id": np.array([f"demo{split}{i:04d}" for i in range(n)]),
-           "regression_labels": latent["score"].astype(np.float32)}
+    out = {
+        "text_bert": text_bert,
+        "raw_text": raw,
+        "id": np.array([f"demo{split}{i:04d}" for i in range(n)]),
+        "regression_labels": latent["score"].astype(np.float32),
+    }
     for m in ("text", "audio", "vision"):
         t = seq_len if aligned or m == "text" else 2 * seq_len
         length = text_len if aligned or m == "text" else _lengths(rng, n, t, max(2, t // 4))
@@ -189,5 +265,7 @@ def _magbert_split(rng, name, latent, directions, seq_len, aligned, split) -> li
         one = {k: v[i : i + 1] for k, v in latent.items()}
         visual = _features(rng, one, directions["vision"], "vision", 1, len(words))[0]
         acoustic = _features(rng, one, directions["audio"], "audio", 1, len(words))[0]
-        examples.append(((words, visual, acoustic), np.array([[score]], np.float32), f"demo{split}{i:04d}[0]"))
+        examples.append(
+            ((words, visual, acoustic), np.array([[score]], np.float32), f"demo{split}{i:04d}[0]")
+        )
     return examples

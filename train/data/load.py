@@ -1,4 +1,5 @@
 """load_dataset: find a dataset's standard file and read it into a DataBundle."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,15 @@ from .mult import read_mult
 from .poria import read_poria
 
 
-def load_dataset(name: str, data_dir, fmt: str = "auto", *, tokenizer=None, max_seq_len: int = 50,
-                 text: str = "auto") -> DataBundle:
+def load_dataset(
+    name: str,
+    data_dir,
+    fmt: str = "auto",
+    *,
+    tokenizer=None,
+    max_seq_len: int = 50,
+    text: str = "auto",
+) -> DataBundle:
     """Read `name` ("mosi" | "mosei" | "iemocap") from its standard file under data_dir.
 
     fmt "auto" takes the first standard file found (MulT, then MMSA, MAG-BERT, poria). tokenizer

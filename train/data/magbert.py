@@ -8,6 +8,7 @@ over its sub-tokens, truncated to max_seq_len - 2 tokens, then
 text_mask covers the special tokens (the attention mask); audio_mask/vision_mask cover the word
 steps only, so the last real audio/visual step is the last word's, not a zero [SEP] row.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,10 +25,14 @@ SPLITS = {"train": "train", "valid": "dev", "test": "test"}  # bundle split -> f
 
 def read_magbert(path: Path, name: str, tokenizer, max_seq_len: int) -> DataBundle:
     if tokenizer is None:
-        raise DataError(f"{path} is a MAG-BERT file of raw words: it needs a pretrained text encoder and its "
-                        "tokenizer (--text-encoder bert|xlnet, optionally --pretrained NAME_OR_PATH)")
+        raise DataError(
+            f"{path} is a MAG-BERT file of raw words: it needs a pretrained text encoder and its "
+            "tokenizer (--text-encoder bert|xlnet, optionally --pretrained NAME_OR_PATH)"
+        )
     if max_seq_len < 3:
-        raise DataError(f"max_seq_len must be >= 3 (two special tokens and a word), got {max_seq_len}")
+        raise DataError(
+            f"max_seq_len must be >= 3 (two special tokens and a word), got {max_seq_len}"
+        )
     data = checks.load_pickle(path)
     checks.require_splits(data, tuple(SPLITS.values()), str(path))
     xlnet = "xlnet" in type(tokenizer).__name__.lower()
@@ -38,14 +43,23 @@ def read_magbert(path: Path, name: str, tokenizer, max_seq_len: int) -> DataBund
             dims[m][split] = tensors[m].shape[-1]
         splits[split] = TensorDictDataset(tensors)
     dims = {"text": None, **{m: checks.same_dims(d, m, path) for m, d in dims.items()}}
-    info = DataInfo(name=name, fmt="magbert", task="regression", text_kind="tokens", dims=dims, path=path)
+    info = DataInfo(
+        name=name, fmt="magbert", task="regression", text_kind="tokens", dims=dims, path=path
+    )
     return DataBundle(**splits, info=info)
 
 
-def _read_split(examples, where: str, tokenizer, max_len: int, xlnet: bool) -> dict[str, torch.Tensor]:
+def _read_split(
+    examples, where: str, tokenizer, max_len: int, xlnet: bool
+) -> dict[str, torch.Tensor]:
     if not isinstance(examples, (list, tuple)) or not examples:
-        raise DataError(f"{where}: expected a non-empty list of ((words, visual, acoustic), label, segment)")
-    rows = [_example(ex, f"{where} sample {i}", tokenizer, max_len, xlnet) for i, ex in enumerate(examples)]
+        raise DataError(
+            f"{where}: expected a non-empty list of ((words, visual, acoustic), label, segment)"
+        )
+    rows = [
+        _example(ex, f"{where} sample {i}", tokenizer, max_len, xlnet)
+        for i, ex in enumerate(examples)
+    ]
     out = {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "label"}
     out["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.float32)
     checks.check_sentiment_range(out["label"], f"{where} labels")
@@ -79,7 +93,9 @@ def _example(example, where: str, tokenizer, max_len: int, xlnet: bool) -> dict:
         text_mask = [0] * pad + [1] * (k + 2)
         word_start = pad
     else:
-        tokens = [tokenizer.cls_token] + tokens + [tokenizer.sep_token] + [tokenizer.pad_token] * pad
+        tokens = (
+            [tokenizer.cls_token] + tokens + [tokenizer.sep_token] + [tokenizer.pad_token] * pad
+        )
         segment = [0] * max_len
         text_mask = [1] * (k + 2) + [0] * pad
         word_start = 1
@@ -97,6 +113,8 @@ def _example(example, where: str, tokenizer, max_len: int, xlnet: bool) -> dict:
         "text_ids": torch.tensor(tokenizer.convert_tokens_to_ids(tokens)),
         "text_segment": torch.tensor(segment),
         "text_mask": torch.tensor(text_mask, dtype=torch.bool),
-        **feats, "audio_mask": word_mask, "vision_mask": word_mask.clone(),
+        **feats,
+        "audio_mask": word_mask,
+        "vision_mask": word_mask.clone(),
         "label": float(np.asarray(label).reshape(())),
     }

@@ -5,6 +5,7 @@ step *inside* a sequence (e.g. no face found in that frame) is real, only the pa
 not. A sequence with no real step keeps one (the step next to the padding side), so every
 row has a last real step; its features are zeros, i.e. no information.
 """
+
 from __future__ import annotations
 
 import torch

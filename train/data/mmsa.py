@@ -6,6 +6,7 @@ attention mask / segment ids, "audio" (N, Ta, da), "vision" (N, Tv, dv), "audio_
 Text is read as token ids (text_bert) or as the 768-d features (text): text="auto" takes the
 token ids where every split has them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,10 @@ def read_mmsa(path: Path, name: str, text: str = "auto") -> DataBundle:
     checks.require_splits(data, SPLITS, str(path))
     has_ids = all(isinstance(data[s], dict) and "text_bert" in data[s] for s in SPLITS)
     if text == "tokens" and not has_ids:
-        raise DataError(f"{path}: no 'text_bert' token ids in every split; a pretrained text encoder needs them "
-                        f"(use the feature Transformer, --text-encoder transformer, on its 'text' features)")
+        raise DataError(
+            f"{path}: no 'text_bert' token ids in every split; a pretrained text encoder needs them "
+            f"(use the feature Transformer, --text-encoder transformer, on its 'text' features)"
+        )
     tokens = has_ids and text != "features"
     splits, dims = {}, {m: {} for m in ("text", "audio", "vision")}
     for split in SPLITS:
@@ -42,8 +45,14 @@ def read_mmsa(path: Path, name: str, text: str = "auto") -> DataBundle:
         splits[split] = TensorDictDataset(tensors)
     dims = {m: checks.same_dims(d, m, path) for m, d in dims.items() if d}
     dims.setdefault("text", None)
-    info = DataInfo(name=name, fmt="mmsa", task="regression", text_kind="tokens" if tokens else "features",
-                    dims=dims, path=path)
+    info = DataInfo(
+        name=name,
+        fmt="mmsa",
+        task="regression",
+        text_kind="tokens" if tokens else "features",
+        dims=dims,
+        path=path,
+    )
     return DataBundle(**splits, info=info)
 
 
@@ -53,10 +62,18 @@ def _read_split(split: dict, where: str, tokens: bool) -> dict[str, torch.Tensor
     label = checks.sentiment(label, f"{where} 'regression_labels'", n)
     out = {"label": label}
     if tokens:
-        bert = checks.as_array(split["text_bert"], f"{where} 'text_bert'", ndim=3, n=n, shape={1: 3})
-        if not (np.equal(np.round(bert), bert).all() and bert.min() >= 0 and np.isin(bert[:, 1], (0, 1)).all()):
-            raise DataError(f"{where} 'text_bert': expected non-negative integer ids/segments and a 0/1 mask "
-                            "in rows 0/2 and 1 of axis 1")
+        bert = checks.as_array(
+            split["text_bert"], f"{where} 'text_bert'", ndim=3, n=n, shape={1: 3}
+        )
+        if not (
+            np.equal(np.round(bert), bert).all()
+            and bert.min() >= 0
+            and np.isin(bert[:, 1], (0, 1)).all()
+        ):
+            raise DataError(
+                f"{where} 'text_bert': expected non-negative integer ids/segments and a 0/1 mask "
+                "in rows 0/2 and 1 of axis 1"
+            )
         bert = torch.from_numpy(bert.astype(np.int64))
         out.update(text_ids=bert[:, 0], text_mask=bert[:, 1].bool(), text_segment=bert[:, 2])
         text_len = out["text_mask"].sum(1)
@@ -65,11 +82,14 @@ def _read_split(split: dict, where: str, tokens: bool) -> dict[str, torch.Tensor
         out.update(text=text, text_mask=right_padded_mask(nonzero_steps(text)))
         text_len = out["text_mask"].sum(1)
     for m in ("audio", "vision"):
-        x = checks.features(checks.require_key(split, m, where), f"{where} {m!r}", n=n, allow_neg_inf=m == "audio")
+        x = checks.features(
+            checks.require_key(split, m, where), f"{where} {m!r}", n=n, allow_neg_inf=m == "audio"
+        )
         out[m] = x
         if f"{m}_lengths" in split:
-            out[f"{m}_mask"] = length_mask(_lengths(split[f"{m}_lengths"], f"{where} '{m}_lengths'", n, x.shape[1]),
-                                           x.shape[1])
+            out[f"{m}_mask"] = length_mask(
+                _lengths(split[f"{m}_lengths"], f"{where} '{m}_lengths'", n, x.shape[1]), x.shape[1]
+            )
         elif x.shape[1] == out["text_mask"].shape[1]:  # aligned to the text: same real steps
             out[f"{m}_mask"] = length_mask(text_len, x.shape[1])
         else:
@@ -79,7 +99,13 @@ def _read_split(split: dict, where: str, tokens: bool) -> dict[str, torch.Tensor
 
 def _lengths(value, where: str, n: int, seq_len: int) -> torch.Tensor:
     arr = checks.as_array(value, where, ndim=1, n=n)
-    if not (np.equal(np.round(arr), arr).all() and arr.min(initial=0) >= 0 and arr.max(initial=0) <= seq_len):
-        raise DataError(f"{where}: expected integer lengths in [0, {seq_len}], "
-                        f"got range [{arr.min(initial=0)}, {arr.max(initial=0)}]")
+    if not (
+        np.equal(np.round(arr), arr).all()
+        and arr.min(initial=0) >= 0
+        and arr.max(initial=0) <= seq_len
+    ):
+        raise DataError(
+            f"{where}: expected integer lengths in [0, {seq_len}], "
+            f"got range [{arr.min(initial=0)}, {arr.max(initial=0)}]"
+        )
     return torch.from_numpy(arr.astype(np.int64))
