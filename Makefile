@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv, build the extension, train HyCon on the embedded IEMOCAP demo data
-#   make test   set up .venv, build the extension, run the tests (then the LibTorch CMake build and
-#               its ctest where cmake exists, and the CUDA compile check where nvcc exists)
+#   make test   set up .venv, build the extension, lint, run the tests (then the LibTorch CMake
+#               build and its ctest where cmake exists, and the CUDA compile check where nvcc exists)
 PYTHON ?= python3
 VENV ?= .venv
 # The torch to build against. The default is the CPU build; for a GPU use e.g. TORCH_SPEC="torch==2.14.1".
@@ -11,7 +11,9 @@ CMAKE := $(shell command -v cmake 2>/dev/null)
 CMAKE_BUILD ?= build/cmake
 NVCC := $(or $(wildcard $(CUDA_HOME)/bin/nvcc),$(wildcard /usr/local/cuda/bin/nvcc),$(shell command -v nvcc 2>/dev/null))
 
-.PHONY: setup demo test test-cmake test-cuda-build bench report clean
+CSRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.hpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
+
+.PHONY: setup demo test lint test-cmake test-cuda-build bench report clean
 
 setup: $(VENV)/.installed
 
@@ -30,7 +32,7 @@ demo: setup
 	@echo "== training HyCon on synthetic IEMOCAP data in the dataset's own format (8 epochs, about a minute)"
 	$(PY) train/main.py --dataset iemocap --demo
 
-test: setup
+test: setup lint
 	@echo "== running the test suite (tests, bench; about 10-15 minutes on 2 cores)"
 	OMP_NUM_THREADS=2 $(PY) -m pytest tests bench --benchmark-disable -q
 ifneq ($(CMAKE),)
@@ -39,6 +41,15 @@ endif
 ifneq ($(NVCC),)
 	$(MAKE) test-cuda-build
 endif
+
+# ruff (lint and format) and mypy for Python, clang-format for csrc/: configured in
+# pyproject.toml and .clang-format, pinned in requirements.txt.
+lint: setup
+	@echo "== lint: ruff check, ruff format --check, mypy hycon_ext, clang-format --dry-run csrc"
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC)
 
 # CMakeLists.txt builds the same sources as a LibTorch C++ library; its ctest (csrc/test) calls
 # the ops and their autograd from C++. Built here so that it cannot rot unnoticed (~2 min).
