@@ -11,7 +11,8 @@ import torch
 
 from train import checkpoint
 from train.data import write_demo
-from train.main import cli, format_table, main
+from train.main import cli, format_table, main, ordered_metrics, summarise, write_results
+from train.metrics import emotion_columns
 
 TINY = dict(n_train=48, n_valid=16, n_test=16, seq_len=8)
 
@@ -191,6 +192,20 @@ def test_table_cells_never_run_together():
     assert first.split() == ["seed", "1", "-12345670.0", "98765.432"]
     assert second.split()[-2:] == ["50.0", "0.100"]
     assert len({len(line) for line in (header, first, second)}) == 1
+
+
+def test_results_csv_json_and_printout_share_one_column_order(tmp_path):
+    emotions = ["Neutral", "Happy", "Sad", "Angry"]  # the file's order; Table 3 starts with Happy
+    columns = emotion_columns(emotions)
+    raw = {f"{e}_{m}": 0.5 for e in emotions for m in ("Acc", "F1")} | {"Avg_Acc": 0.5, "Avg_F1": 0.5}
+    result = {"seed": 1, "test": ordered_metrics(raw, columns), "params": 1, "train_time_s": 1.0,
+              "test_inference_s": 0.1, "best_epoch": 1}
+    mean, std = summarise([result])
+    write_results(tmp_path, {"seeds": [result], "mean": mean, "std": std, "columns": columns})
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert header[1:1 + len(columns)] == columns == list(saved["seeds"][0]["test"]) == list(saved["mean"])
+    assert format_table(columns, [("mean", mean)]).split()[:len(columns)] == columns
 
 
 @pytest.fixture(scope="session")
