@@ -1,6 +1,7 @@
 """No finished work is lost: a training process killed (SIGKILL) while it writes a checkpoint
 resumes to exactly the weights of an uninterrupted run, and Ctrl-C (SIGINT) keeps the finished
 epochs, says how to continue in one line and exits with status 130."""
+
 import os
 import shlex
 import signal
@@ -50,8 +51,20 @@ def data(tmp_path_factory):
 
 
 def _flags(data, out):
-    return ["--dataset", "mosi", "--data-dir", str(data), "--lr", "3e-3", "--batch-size", "16",
-            "--backend", "reference", "--out", str(out)]
+    return [
+        "--dataset",
+        "mosi",
+        "--data-dir",
+        str(data),
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "16",
+        "--backend",
+        "reference",
+        "--out",
+        str(out),
+    ]
 
 
 def _env():
@@ -68,14 +81,24 @@ def uninterrupted(data, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sigkill_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_run(data, tmp_path, uninterrupted):
+def test_sigkill_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_run(
+    data, tmp_path, uninterrupted
+):
     out = tmp_path / "out"
-    killed = subprocess.run([sys.executable, "-c", DIE_WHILE_SAVING, "0.5", *_flags(data, out),
-                             "--epochs", "3"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        [sys.executable, "-c", DIE_WHILE_SAVING, "0.5", *_flags(data, out), "--epochs", "3"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     seed_dir = out / "seed1"
     assert len(list(seed_dir.glob(".last.pt.*.tmp"))) == 1  # it died inside the write
-    assert checkpoint.load(seed_dir / "last.pt")["epoch"] == 1  # the last complete checkpoint survived
+    assert (
+        checkpoint.load(seed_dir / "last.pt")["epoch"] == 1
+    )  # the last complete checkpoint survived
 
     resumed = main(_flags(data, out) + ["--epochs", "3", "--resume"])
     summary, straight = uninterrupted
@@ -90,8 +113,14 @@ def test_sigkill_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_epochs_and_says_how_to_resume(data, tmp_path):
     flags = _flags(data, tmp_path / "out") + ["--epochs", "500"]
-    proc = subprocess.Popen([sys.executable, "-u", "train/main.py", *flags], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "train/main.py", *flags],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in proc.stdout:
             if line.startswith("seed 1 epoch 2:"):  # printed after epoch 2's checkpoint is written
@@ -102,7 +131,9 @@ def test_ctrl_c_keeps_finished_epochs_and_says_how_to_resume(data, tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith(f"interrupted: the finished epochs are kept in {tmp_path / 'out'}/seed<N>/last.pt")
+    assert err.startswith(
+        f"interrupted: the finished epochs are kept in {tmp_path / 'out'}/seed<N>/last.pt"
+    )
     command = shlex.split(err.split("continue with: ")[1])
     assert command == ["python", "train/main.py", *flags, "--resume"]
     done = checkpoint.load(tmp_path / "out" / "seed1" / "last.pt")["epoch"]
