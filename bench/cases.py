@@ -64,7 +64,10 @@ def ext_unavailable_reason(device):
             "build it with `pip install -e . --no-build-isolation`"
         )
     if not ops.is_available(torch.device(device)):
-        return f"hycon_ext kernels are not built for device {device!r} (hycon_ext.ops.is_available returned False)"
+        return (
+            f"hycon_ext kernels are not built for device {device!r} "
+            "(hycon_ext.ops.is_available returned False)"
+        )
     return None
 
 

@@ -49,7 +49,10 @@ def _proc_status_bytes(key):
 
 
 def cpu_peak_bytes(step):
-    """Peak extra resident bytes of ``step()`` in this process; None without /proc/self/clear_refs."""
+    """Peak extra resident bytes of ``step()`` in this process.
+
+    None without /proc/self/clear_refs.
+    """
     gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)  # return free heap to the OS so that reusing it cannot hide an allocation

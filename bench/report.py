@@ -2,7 +2,8 @@
 
     python bench/report.py [--sizes 32,128,512,2048] [--repeats 10] [--min-seconds 1]
                            [--no-compile]
-                           [--epoch] [--big] [--memory Q [--memory-k K] [--memory-only]] [--markdown-out FILE]
+                           [--epoch] [--big] [--memory Q [--memory-k K] [--memory-only]]
+                           [--markdown-out FILE]
 
 Per device (CPU; CUDA when present), K and pair selection: median time of ext, the eager
 reference, torch.compile(reference) and pytorch-metric-learning's SupConLoss (same 3K rows
@@ -64,7 +65,8 @@ def header(args):
         "## hycon_ext benchmark",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores visible, "
+        f"torch threads {torch.get_num_threads()}",
     ]
     if torch.cuda.is_available():
         lines.append(f"- GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
@@ -146,7 +148,8 @@ def _ratio(num, den):
 
 def loss_table(rows):
     lines = [
-        "| device | K | sel | ext ms | reference ms | compiled ms | SupCon ms | ref/ext | compiled/ext "
+        "| device | K | sel | ext ms | reference ms | compiled ms | SupCon ms | ref/ext "
+        "| compiled/ext "
         "| ext GFLOP/s* | ext peak MB | ref peak MB | ref/ext mem | calls |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -156,14 +159,15 @@ def loss_table(rows):
         lines.append(
             f"| {r['device']} | {r['k']} | {r['sel']} | {_ms(t['ext'])} | {_ms(t['reference'])} "
             f"| {_ms(t.get('compiled'))} | {_ms(t['supcon'])} | {_ratio(t['reference'], t['ext'])} "
-            f"| {_ratio(t.get('compiled'), t['ext'])} | {flops / t['ext'] / 1e9:.3g} | {_mb(p['ext'])} "
+            f"| {_ratio(t.get('compiled'), t['ext'])} | {flops / t['ext'] / 1e9:.3g} "
+            f"| {_mb(p['ext'])} "
             f"| {_mb(p['reference'])} | {_ratio(p['reference'], p['ext'])} | {r['calls']} |"
         )
     lines += [
         "",
         "\\* one similarity matrix forward and backward, 6 (3K)^2 d FLOPs: the arithmetic floor of "
-        "the fused path, divided by the ext time. SupCon has no pair selection: sel=on rows time it "
-        "without.",
+        "the fused path, divided by the ext time. SupCon has no pair selection: sel=on rows "
+        "time it without.",
     ]
     return lines
 
@@ -183,7 +187,8 @@ def big_section(rows, devices):
     lines = [
         f"### K = {BIG_K} ({3 * BIG_K} rows): ext alone",
         "",
-        "| device | sel | ext s (one call) | ext peak MB | within 1 GB | reference would need (GB) |",
+        "| device | sel | ext s (one call) | ext peak MB | within 1 GB "
+        "| reference would need (GB) |",
         "|---|---|---:|---:|---|---:|",
     ]
     one_matrix = 4 * (3 * BIG_K) ** 2  # a single float32 (3K)^2 similarity matrix
@@ -204,24 +209,26 @@ def big_section(rows, devices):
                 else f"~{per_cell * (3 * BIG_K) ** 2 / 1e9:.3g}"
             )
             lines.append(
-                f"| {device} | {cases.sel_name(pair_selection)} | {seconds:.3g} | {_mb(peak)} | {fits} | {need} |"
+                f"| {device} | {cases.sel_name(pair_selection)} | {seconds:.3g} "
+                f"| {_mb(peak)} | {fits} | {need} |"
             )
     lines += [
         "",
-        f"The reference estimate scales its measured peak bytes per (3K)^2 cell at the largest K above "
-        f"(same device and selection) "
+        f"The reference estimate scales its measured peak bytes per (3K)^2 cell at the largest "
+        f"K above (same device and selection) "
         f"to {3 * BIG_K} rows; one float32 similarity matrix alone is {one_matrix / 1e9:.1f} GB.",
     ]
     return lines
 
 
 def memory_section(args):
-    """HyConLoss with a full cross-batch memory, ext vs reference: 3K anchors x 3(K + Q) candidates."""
+    """HyConLoss, full cross-batch memory, ext vs reference: 3K anchors x 3(K + Q) candidates."""
     k, q = args.memory_k, args.memory
     lines = [
         f"### Cross-batch memory: K = {k}, Q = {q} (HyConLoss(memory_size={q}), memory full)",
         "",
-        "| device | sel | ext ms | reference ms | ref/ext | ext peak MB | ref peak MB | ref/ext mem | calls |",
+        "| device | sel | ext ms | reference ms | ref/ext | ext peak MB | ref peak MB "
+        "| ref/ext mem | calls |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for device in args.devices:
@@ -282,14 +289,16 @@ def epoch_section():
                     runs[backend].append(train_main(argv))
     best = {b: min(rs, key=lambda s: s["train_time_s"]) for b, rs in runs.items()}
     lines = [
-        "### One training epoch, IEMOCAP demo (train/main.py --dataset iemocap --demo --epochs 1 --seed 1)",
+        "### One training epoch, IEMOCAP demo "
+        "(train/main.py --dataset iemocap --demo --epochs 1 --seed 1)",
         "",
         "| backend | epoch + validation s | valid loss |",
         "|---|---:|---:|",
     ]
     for backend, summary in best.items():
         lines.append(
-            f"| {backend} | {summary['train_time_s']:.3g} | {summary['seeds'][0]['valid_loss']:.6f} |"
+            f"| {backend} | {summary['train_time_s']:.3g} "
+            f"| {summary['seeds'][0]['valid_loss']:.6f} |"
         )
     ratio = best["reference"]["train_time_s"] / best["ext"]["train_time_s"]
     lines += [

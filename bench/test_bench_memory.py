@@ -42,7 +42,8 @@ def test_ext_memory_is_linear_in_k(require_ext, device, pair_selection):
     require_ext(device)
     small, large = (measured(device)[("ext", k, pair_selection)] for k in (SMALL_K, LARGE_K))
     assert large <= LINEAR_BOUND * max(small, 1), (
-        f"ext peak grew {large / max(small, 1):.1f}x from K={SMALL_K} ({small} B) to K={LARGE_K} ({large} B); "
+        f"ext peak grew {large / max(small, 1):.1f}x from K={SMALL_K} ({small} B) "
+        f"to K={LARGE_K} ({large} B); "
         f"linear growth is 2x, a (3K)^2 buffer 4x"
     )
 

@@ -1,4 +1,4 @@
-"""Independent float64 oracle for the HyCon losses, written from the paper's equations and docs/losses.md.
+"""Independent float64 oracle for the HyCon losses, from the paper's equations and docs/losses.md.
 
 Plain Python floats and loops over anchors and pairs; nothing is shared with hycon_ext.
 Rows are addressed as (modality, sample); the candidate index used for tie-breaking is

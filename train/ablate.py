@@ -2,7 +2,8 @@
 
 Several seeds per row; writes ablation.md and ablation.json.
 
-  python train/ablate.py --dataset mosi --table 4 --seeds 1,2,3,4,5 [--rows hycon,v2] [any train/main.py flag]
+  python train/ablate.py --dataset mosi --table 4 --seeds 1,2,3,4,5 [--rows hycon,v2]
+      [any train/main.py flag]
 
 Every row is main.py's own code path (train.main.main) with the row's flags (train/paper_tables.py)
 after the shared flags. Each (row, seed) trains in OUT/<row>/seed<N>/ (main.py's --out, its log
@@ -40,8 +41,9 @@ def build_parser():
         prog="train/ablate.py",
         description=__doc__.splitlines()[0],
         allow_abbrev=False,
-        epilog="Every other flag is passed to train/main.py for every row (e.g. --epochs 15 --lr 1e-3 "
-        "--data-dir ../shared/data/real --format poria); a row's own flags come after them.",
+        epilog="Every other flag is passed to train/main.py for every row (e.g. --epochs 15 "
+        "--lr 1e-3 --data-dir ../shared/data/real --format poria); a row's own flags come after "
+        "them.",
     )
     p.add_argument("--dataset", required=True, choices=["iemocap", "mosi", "mosei"])
     p.add_argument(
@@ -113,7 +115,10 @@ def row_argv(args, row, shared, seed, out):
 
 
 def check_row_flags(argv):
-    """Parse and check a row's main.py flags before anything trains (unknown or contradictory flags)."""
+    """Parse and check a row's main.py flags before anything trains.
+
+    Catches unknown or contradictory flags.
+    """
     parser = train_main.build_parser()
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -224,10 +229,10 @@ def write_outputs(out, table, entries, meta):
             else ""
         ),
         f"- machine: {meta['machine']}; {meta['date']}",
-        "- each cell: mean ± std over the seeds (ddof 1); in brackets the paper's number (CMU-MOSI, "
-        "BERT text encoder, its own settings: for reference, not a target for other features); train s: "
-        "training time per seed without the validation passes, test s: inference over the test split "
-        "(Table 8, §4.5.8)",
+        "- each cell: mean ± std over the seeds (ddof 1); in brackets the paper's number "
+        "(CMU-MOSI, BERT text encoder, its own settings: for reference, not a target for other "
+        "features); train s: training time per seed without the validation passes, test s: "
+        "inference over the test split (Table 8, §4.5.8)",
         "",
     ]
     lines.append("| Row | " + " | ".join(columns) + " | seeds | train s | test s |")
@@ -246,7 +251,8 @@ def write_outputs(out, table, entries, meta):
         lines.append(
             f"| {e['name']} | "
             + " | ".join(cells)
-            + f" | {len(e['seeds'])} | {e['train_time_s']:.1f} | {_seconds(e['test_inference_s'])} |"
+            + f" | {len(e['seeds'])} | {e['train_time_s']:.1f} "
+            f"| {_seconds(e['test_inference_s'])} |"
         )
     if table.note:
         lines += ["", table.note]
@@ -268,7 +274,8 @@ def main(argv=None):
         "seeds": seeds,
         "shared_flags": shared,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, "
+        f"torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}",
     }
     summaries = {

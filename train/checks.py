@@ -121,12 +121,13 @@ def check_device(text):
 
 
 def check_pretrained(name):
-    """--pretrained: an existing folder, or a name for the Hugging Face cache (checked when loaded)."""
+    """--pretrained: an existing folder, or a Hugging Face cache name (checked when loaded)."""
     path = Path(name).expanduser()
     # A Hugging Face name is "model" or "owner/model"; anything else is meant as a path.
     looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
     _require(
         path.exists() or not looks_like_path,
-        f"--pretrained {name}: the path does not exist (expected a folder written by save_pretrained, "
+        f"--pretrained {name}: the path does not exist "
+        f"(expected a folder written by save_pretrained, "
         f"or the name of a model in the Hugging Face cache)",
     )

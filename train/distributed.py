@@ -8,7 +8,7 @@ the script is started without torchrun, so the same code path serves both):
     model = distributed.wrap_ddp(model.to(ctx.device), ctx)
     gen = torch.Generator().manual_seed(seed)          # same shuffling generator on every rank
     batches = distributed.train_batch_sampler(train_set, per_rank_batch, ctx, gen)
-    DataLoader(train_set, batch_sampler=batches, generator=gen)   # rank's slice of each global batch
+    DataLoader(train_set, batch_sampler=batches, generator=gen)  # rank's slice of each global batch
     DataLoader(eval_set, batch_size=..., sampler=distributed.eval_sampler(eval_set, ctx))
     for epoch ...:
         out = hycon_loss_distributed(x_l, x_a, x_v, labels, **same keywords as hycon_loss)
@@ -243,7 +243,7 @@ def gather_tensors(*tensors, ctx):
 
 
 def gather_objects(obj, ctx):
-    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects); [obj] in one process."""
+    """[obj of rank 0, of rank 1, ...] on every rank (picklable objects); [obj] in one process."""
     if not ctx.is_distributed:
         return [obj]
     objects = [None] * ctx.world_size

@@ -43,8 +43,8 @@ class TensorFusion(nn.Module):
 
     def forward(self, x_l, x_a, x_v):
         one = x_l.new_ones(x_l.shape[0], 1)
-        l, a, v = (torch.cat([x, one], dim=1) for x in (x_l, x_a, x_v))
-        outer = torch.einsum("bi,bj,bk->bijk", l, a, v)
+        lang, a, v = (torch.cat([x, one], dim=1) for x in (x_l, x_a, x_v))
+        outer = torch.einsum("bi,bj,bk->bijk", lang, a, v)
         return self.post(outer.flatten(1))
 
 

@@ -59,8 +59,8 @@ def build_parser():
     g.add_argument(
         "--demo",
         action="store_true",
-        help=f"write a small synthetic file in the dataset's own format under OUT/demo-data and train on "
-        f"it through the same loader (defaults then: {DEMO_EPOCHS} epochs, lr {DEMO_LR})",
+        help=f"write a small synthetic file in the dataset's own format under OUT/demo-data and "
+        f"train on it through the same loader (defaults then: {DEMO_EPOCHS} epochs, lr {DEMO_LR})",
     )
     g.add_argument(
         "--max-seq-len", type=int, default=50, help="token sequence length for bert/xlnet"
@@ -70,16 +70,16 @@ def build_parser():
         "--text-encoder",
         default=None,
         choices=TEXT_ENCODERS,
-        help="default: the paper's setting, bert for mosi/mosei (on a magbert or mmsa file; one line "
-        "says so where files or weights make it impossible, and the feature transformer runs), "
-        "transformer for iemocap; transformer = over the file's text features (GloVe / BERT "
-        "features); bert/xlnet = pretrained, over words or token ids",
+        help="default: the paper's setting, bert for mosi/mosei (on a magbert or mmsa file; one "
+        "line says so where files or weights make it impossible, and the feature transformer "
+        "runs), transformer for iemocap; transformer = over the file's text features (GloVe / "
+        "BERT features); bert/xlnet = pretrained, over words or token ids",
     )
     g.add_argument(
         "--pretrained",
         default=None,
-        help="bert/xlnet model: a Hugging Face name (the cache, else downloaded into it) or a folder "
-        "written by save_pretrained; default bert-base-uncased / xlnet-base-cased",
+        help="bert/xlnet model: a Hugging Face name (the cache, else downloaded into it) or a "
+        "folder written by save_pretrained; default bert-base-uncased / xlnet-base-cased",
     )
     g.add_argument(
         "--text-pool",
@@ -156,18 +156,19 @@ def build_parser():
         "--hybrid-reduction",
         default=HYBRID_REDUCTION,
         choices=["mean", "sum"],
-        help="L_hybrid over the anchors of a batch: mean (each term averaged over its anchors, as the "
-        "paper's expectations in eqs. 6-12; independent of K) or sum (the paper's 3.5, 'summed over "
-        "all data samples': the contrastive terms then weigh about 3K times more against the task "
-        "loss, so lambdas tuned under one reduction do not carry over to the other)",
+        help="L_hybrid over the anchors of a batch: mean (each term averaged over its anchors, as "
+        "the paper's expectations in eqs. 6-12; independent of K) or sum (the paper's 3.5, "
+        "'summed over all data samples': the contrastive terms then weigh about 3K times more "
+        "against the task loss, so lambdas tuned under one reduction do not carry over to the "
+        "other)",
     )
     g.add_argument(
         "--memory-size",
         type=int,
         default=0,
-        help="cross-batch memory of the Q most recent samples' representations (0 = off): each batch's "
-        "anchors are also paired with them, h = max(1, floor(beta (K + Q_now))); hycon only; saved "
-        "in the checkpoint, so --resume continues with it",
+        help="cross-batch memory of the Q most recent samples' representations (0 = off): each "
+        "batch's anchors are also paired with them, h = max(1, floor(beta (K + Q_now))); hycon "
+        "only; saved in the checkpoint, so --resume continues with it",
     )
     g = p.add_argument_group("optimisation and output")
     g.add_argument(
@@ -187,14 +188,16 @@ def build_parser():
         "--epochs",
         type=int,
         default=None,
-        help=f">= 1; default {DEFAULT_EPOCHS} (the paper does not state it), {DEMO_EPOCHS} with --demo",
+        help=f">= 1; default {DEFAULT_EPOCHS} (the paper does not state it), "
+        f"{DEMO_EPOCHS} with --demo",
     )
     g.add_argument(
         "--batch-size",
         type=int,
         default=32,
-        help="mini-batch size per process, >= 1 (not stated in the paper); under torchrun the global batch "
-        "K, whose samples the contrastive pairs span, is --batch-size x the number of processes",
+        help="mini-batch size per process, >= 1 (not stated in the paper); under torchrun the "
+        "global batch K, whose samples the contrastive pairs span, is --batch-size x the number "
+        "of processes",
     )
     g.add_argument("--seed", type=int, default=1)
     g.add_argument(
@@ -208,8 +211,8 @@ def build_parser():
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue each seed from OUT/seed<N>/last.pt; the flags that change the model, the data or "
-        "the optimisation must be those of the checkpoint (--epochs may grow)",
+        help="continue each seed from OUT/seed<N>/last.pt; the flags that change the model, the "
+        "data or the optimisation must be those of the checkpoint (--epochs may grow)",
     )
     g.add_argument(
         "--tsne",
@@ -234,7 +237,7 @@ def build_parser():
 
 
 def loss_settings(args):
-    """Keyword arguments of hybrid_loss from the ablation flags; errors for flags that would do nothing."""
+    """hybrid_loss keyword arguments from the ablation flags; errors for flags that do nothing."""
     lambdas = lambda_list(args)
     for i, off in enumerate((args.no_iamcl, args.no_iemcl, args.no_scl)):
         if off:
@@ -375,7 +378,8 @@ def write_results(out, summary):
         lines.append(
             f"seed{r['seed']},"
             + ",".join(f"{r['test'][k]:.6g}" for k in keys)
-            + f",{r['params']},{r['train_time_s']:.3f},{r['test_inference_s']:.4f},{r['best_epoch']}"
+            + f",{r['params']},{r['train_time_s']:.3f},"
+            f"{r['test_inference_s']:.4f},{r['best_epoch']}"
         )
     for name in ("mean", "std"):
         lines.append(f"{name}," + ",".join(f"{summary[name][k]:.6g}" for k in keys) + ",,,,")
@@ -453,12 +457,14 @@ def _train(args, ctx, device):
         text_pool=args.text_pool,
     )
     log(
-        f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, valid {len(bundle.valid)}, "
+        f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, "
+        f"valid {len(bundle.valid)}, "
         f"test {len(bundle.test)}; dims {info.dims}; device {device}; {epochs} epochs, lr {lr}"
     )
     if ctx.is_distributed:
         log(
-            f"distributed: {ctx.world_size} processes ({ctx.backend}), batch {args.batch_size} per process, "
+            f"distributed: {ctx.world_size} processes ({ctx.backend}), "
+            f"batch {args.batch_size} per process, "
             f"global batch {args.batch_size * ctx.world_size}"
         )
 
@@ -511,8 +517,9 @@ def _train(args, ctx, device):
     train_time = float(np.mean([r["train_time_s"] for r in results]))
     inference_time = float(np.mean([r["test_inference_s"] for r in results]))
     log(
-        f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed ({epochs} epochs, validation "
-        f"passes excluded)   Inference: {inference_time:.3f} s over the {results[0]['test_samples']} test samples"
+        f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed "
+        f"({epochs} epochs, validation passes excluded)   "
+        f"Inference: {inference_time:.3f} s over the {results[0]['test_samples']} test samples"
     )
 
     summary = {
@@ -532,7 +539,8 @@ def _train(args, ctx, device):
         "test_inference_s": inference_time,
         "wall_time_s": time.perf_counter() - t0,
         "epochs": epochs,
-        # the optimizer's own values (equal to the flags: --resume refuses a checkpoint that differs)
+        # the optimizer's own values (equal to the flags: --resume refuses a checkpoint that
+        # differs)
         "lr": results[0]["lr"],
         "text_lr": results[0].get("text_lr"),
         "args": vars(args),
@@ -595,8 +603,8 @@ def cli():
         if os.environ.get("RANK", "0") == "0":
             out = build_parser().parse_args(argv).out
             print(
-                f"interrupted: the finished epochs are kept in {out}/seed<N>/last.pt; continue with: "
-                f"{resume_command(argv)}",
+                f"interrupted: the finished epochs are kept in {out}/seed<N>/last.pt; "
+                f"continue with: {resume_command(argv)}",
                 file=sys.stderr,
             )
         sys.exit(130)

@@ -23,10 +23,11 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 CONVENTIONS = {
-    "mult": "MulT: all samples; Acc2/F1 non0 (>0 vs <0, zero labels dropped), f1_score(preds, truth)",
+    "mult": "MulT: all samples; Acc2/F1 non0 (>0 vs <0, zero labels dropped), "
+    "f1_score(preds, truth)",
     "mmsa": "MMSA: all samples; Acc2/F1 headline non0, has0 = >=0 vs <0 on all samples",
-    "magbert": "MAG-BERT's evaluation code conventions: Acc7/Acc5 all samples; MAE, Corr, Acc2/F1 (>=0) "
-    "on non-zero labels",
+    "magbert": "MAG-BERT's evaluation code conventions: Acc7/Acc5 all samples; MAE, Corr, "
+    "Acc2/F1 (>=0) on non-zero labels",
 }
 SENTIMENT_COLUMNS = ["Acc7", "Acc2", "F1", "MAE", "Corr"]  # Tables 1/2 of the paper
 
@@ -106,7 +107,8 @@ def emotion_metrics(pred_classes, labels, names):
     preds, truth = np.asarray(pred_classes), np.asarray(labels)
     if preds.ndim != 2 or preds.shape != truth.shape or preds.shape[1] != len(names):
         raise ValueError(
-            f"pred_classes and labels: expected two (N, {len(names)}) arrays, got {preds.shape} and {truth.shape}"
+            f"pred_classes and labels: expected two (N, {len(names)}) arrays, "
+            f"got {preds.shape} and {truth.shape}"
         )
     out = {}
     for e, name in enumerate(names):

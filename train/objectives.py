@@ -82,8 +82,8 @@ def _comparison_term(kind, z, sim, pos, neg, reduction="mean", triplet_margin=No
             p = sim.masked_fill(~pos, float("inf")).argmin(1)
             n = sim.masked_fill(~neg, float("-inf")).argmax(1)
         gap, keep = _sq_dist(z, p) - _sq_dist(z, n), has_pos & has_neg
-        # None: eq. 19 as printed, + 1 and no hinge (distances of softmax rows are bounded, so is the
-        # loss); a number: the usual hinge max(0, gap + margin)
+        # None: eq. 19 as printed, + 1 and no hinge (distances of softmax rows are bounded, so is
+        # the loss); a number: the usual hinge max(0, gap + margin)
         value = gap + 1.0 if triplet_margin is None else torch.clamp(gap + triplet_margin, min=0.0)
     else:
         s_p = sim[rows, _pick_random(pos)]

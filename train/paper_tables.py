@@ -73,13 +73,14 @@ TABLES = {
             HYCON_V2,
         ),
         note=(
-            "HyCon-v2 without positive (negative) selection keeps that side of eqs. 7/10 as an unweighted sum "
-            "over all its pairs while the other side stays a weighted average whose weights sum to 1, as the "
-            "paper defines it. That moves the ratio sum_P / (sum_P + sum_N) before any training: on random "
-            "batches (K = 32, d = 50, two classes) to 0.93 / 0.96 (IAMCL / IEMCL) without positive selection "
-            "and 0.05 / 0.03 without negative selection, against 0.50 for HyCon and 0.42 / 0.38 for HyCon-v2 "
-            "(docs/losses.md). These rows change the balance of the two sides, not only the selection; "
-            "this is the paper's definition, not a bug."
+            "HyCon-v2 without positive (negative) selection keeps that side of eqs. 7/10 as an "
+            "unweighted sum over all its pairs while the other side stays a weighted average whose "
+            "weights sum to 1, as the paper defines it. That moves the ratio sum_P / (sum_P + "
+            "sum_N) before any training: on random batches (K = 32, d = 50, two classes) to 0.93 / "
+            "0.96 (IAMCL / IEMCL) without positive selection and 0.05 / 0.03 without negative "
+            "selection, against 0.50 for HyCon and 0.42 / 0.38 for HyCon-v2 (docs/losses.md). "
+            "These rows change the balance of the two sides, not only the selection; this is the "
+            "paper's definition, not a bug."
         ),
     ),
     5: Table(

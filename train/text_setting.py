@@ -70,9 +70,10 @@ def load_pretrained(cls, name):
 
 def how_to_get(name):
     return (
-        f'get it with network access: python -c "from transformers import AutoModel, AutoTokenizer; '
-        f"AutoModel.from_pretrained('{name}'); AutoTokenizer.from_pretrained('{name}')\" (fills the Hugging "
-        f"Face cache, ~/.cache/huggingface, which can be copied here), or pass --pretrained with a folder "
+        f'get it with network access: python -c "from transformers import AutoModel, '
+        f"AutoTokenizer; AutoModel.from_pretrained('{name}'); "
+        f"AutoTokenizer.from_pretrained('{name}')\" (fills the Hugging Face cache, "
+        f"~/.cache/huggingface, which can be copied here), or pass --pretrained with a folder "
         f"written by save_pretrained"
     )
 
@@ -83,8 +84,9 @@ def _short(err):
 
 def _note(why, path, fmt):
     return (
-        f"note: not the paper's setting (BERT over the words of each utterance): {why}; training the "
-        f"feature Transformer over the text features of {Path(path).name} ({fmt}) instead"
+        f"note: not the paper's setting (BERT over the words of each utterance): {why}; "
+        f"training the feature Transformer over the text features of {Path(path).name} ({fmt}) "
+        f"instead"
     )
 
 

@@ -41,7 +41,10 @@ def tiny_bert_magbert(tmp_path, demo_tokenizer):
 
 @pytest.fixture
 def demo_bundle(tmp_path, demo_tokenizer):
-    """demo_bundle(name, fmt="auto", **write_demo_kwargs) -> DataBundle of a tiny demo file in tmp_path."""
+    """demo_bundle(name, fmt="auto", **write_demo_kwargs) -> DataBundle of a tiny demo file.
+
+    The file is written in tmp_path.
+    """
 
     def make(name, fmt="auto", **kwargs):
         path = write_demo(name, tmp_path, fmt, **{**TINY, **kwargs})

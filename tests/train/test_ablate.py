@@ -129,7 +129,8 @@ def test_bad_flags_fail_before_training(extra, match, tmp_path):
 
 
 def test_runs_on_the_real_mosi_features(tmp_path):
-    # CI has ../shared/data/real (Poria et al. 2017's utterance features): a missing copy is a failure
+    # CI has ../shared/data/real (Poria et al. 2017's utterance features): a missing copy is a
+    # failure
     if not (REAL / "mosi_utterance_2way.npz").is_file():
         pytest.fail(
             f"{REAL / 'mosi_utterance_2way.npz'} is missing: the real MOSI utterance features are "

@@ -197,20 +197,37 @@ def test_table_cells_never_run_together():
 def test_results_csv_json_and_printout_share_one_column_order(tmp_path):
     emotions = ["Neutral", "Happy", "Sad", "Angry"]  # the file's order; Table 3 starts with Happy
     columns = emotion_columns(emotions)
-    raw = {f"{e}_{m}": 0.5 for e in emotions for m in ("Acc", "F1")} | {"Avg_Acc": 0.5, "Avg_F1": 0.5}
-    result = {"seed": 1, "test": ordered_metrics(raw, columns), "params": 1, "train_time_s": 1.0,
-              "test_inference_s": 0.1, "best_epoch": 1}
+    raw = {f"{e}_{m}": 0.5 for e in emotions for m in ("Acc", "F1")} | {
+        "Avg_Acc": 0.5,
+        "Avg_F1": 0.5,
+    }
+    result = {
+        "seed": 1,
+        "test": ordered_metrics(raw, columns),
+        "params": 1,
+        "train_time_s": 1.0,
+        "test_inference_s": 0.1,
+        "best_epoch": 1,
+    }
     mean, std = summarise([result])
     write_results(tmp_path, {"seeds": [result], "mean": mean, "std": std, "columns": columns})
     header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert header[1:1 + len(columns)] == columns == list(saved["seeds"][0]["test"]) == list(saved["mean"])
-    assert format_table(columns, [("mean", mean)]).split()[:len(columns)] == columns
+    assert (
+        header[1 : 1 + len(columns)]
+        == columns
+        == list(saved["seeds"][0]["test"])
+        == list(saved["mean"])
+    )
+    assert format_table(columns, [("mean", mean)]).split()[: len(columns)] == columns
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A finished two-epoch run on tiny MOSI demo data: (its flags without --out and --epochs, its out)."""
+    """A finished two-epoch run on tiny MOSI demo data.
+
+    Its value: (its flags without --out and --epochs, its out).
+    """
     root = tmp_path_factory.mktemp("trained")
     data = root / "data"
     write_demo("mosi", data, **TINY)
@@ -311,7 +328,8 @@ def test_resume_refuses_a_damaged_checkpoint(monkeypatch, capsys, tmp_path, trai
 def test_resume_may_grow_epochs_and_records_what_was_used(tmp_path, trained_run):
     flags, run = trained_run
     out = _copy(run, tmp_path)
-    # --device, --backend, --metrics-convention may change: they change neither model, data nor optimisation
+    # --device, --backend, --metrics-convention may change: they change neither model, data nor
+    # optimisation
     summary = main(
         flags[:-2]
         + [

@@ -70,7 +70,7 @@ def test_truncation_to_max_seq_len(write_pickle, demo_tokenizer):
 
 
 class XLNetStubTokenizer:
-    """Stands in for transformers' XLNetTokenizer (needs a sentencepiece model): one piece per word."""
+    """Stub for transformers' XLNetTokenizer (needs a sentencepiece model): one piece per word."""
 
     pad_token, sep_token, cls_token = "<pad>", "<sep>", "<cls>"
 

@@ -1,4 +1,4 @@
-"""train/main.py under torchrun: 2 gloo processes on CPU against 1 process with the same global batch.
+"""train/main.py under torchrun: 2 gloo processes on CPU vs 1 process with the same global batch.
 
 The 2-process run trains on exactly the batches the 1-process run draws with twice the batch
 size (train.distributed.ShardedBatchSampler), with --dropout 0 so no per-process randomness
@@ -68,7 +68,8 @@ def _assert_close_results(got, expected, tol):
 @pytest.mark.parametrize(
     "dataset, extra",
     [
-        # the cross-batch memory holds the global batches on both ranks; the terms summed over the global batch
+        # the cross-batch memory holds the global batches on both ranks; the terms summed over the
+        # global batch
         ("mosi", ["--memory-size", "24", "--hybrid-reduction", "sum"]),
         ("iemocap", ["--pair-selection"]),  # h = floor(0.2 * 16) = 3 from the global batch of 16
     ],

@@ -29,7 +29,8 @@ def test_nodes_and_shapes():
     torch.testing.assert_close(
         nodes.fused, torch.cat([uni, nodes.bimodal.sum(1), nodes.trimodal.sum(1)], -1)
     )
-    # six trimodal nodes: three bimodal-bimodal pairs, three bimodal-unimodal with the missing modality
+    # six trimodal nodes: three bimodal-bimodal pairs, three bimodal-unimodal with the missing
+    # modality
     kinds = [k for k, _, _ in GraphFusion.TRIMODAL]
     assert kinds.count("b") == 3 and kinds.count("u") == 3
     for kind, i, j in GraphFusion.TRIMODAL:

@@ -113,8 +113,8 @@ def test_resume_continues_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_with_the_cross_batch_memory(tmp_path):
-    # The memory (60 samples > one epoch's 48: never wraps within an epoch) is in last.pt: a resumed run
-    # pairs its first batch with the same memory as the uninterrupted run, so both end equal.
+    # The memory (60 samples > one epoch's 48: never wraps within an epoch) is in last.pt: a resumed
+    # run pairs its first batch with the same memory as the uninterrupted run, so both end equal.
     data = _demo(tmp_path, "mosi", n_train=48, n_eval=16)
     common = [
         "--dataset",

@@ -175,7 +175,8 @@ def test_hard_triplet_matches_hand_computation():
     def d2(a, b):
         return float(((z[a] - z[b]) ** 2).sum())
 
-    # intra: anchors 0,1 (class 0) of each modality have one positive (the other) and one negative (2)
+    # intra: anchors 0,1 (class 0) of each modality have one positive (the other) and one
+    # negative (2)
     want = [
         d2(m * 3 + i, m * 3 + (1 - i)) - d2(m * 3 + i, m * 3 + 2) + 1
         for m in range(3)
@@ -245,7 +246,8 @@ def test_comparison_losses_without_positives_are_zero_with_gradient(kind):
 
 
 def test_triplet_draws_from_the_right_pairs():
-    # all samples share a class: no negatives, so no anchor qualifies for triplet; npair is log(1) = 0
+    # all samples share a class: no negatives, so no anchor qualifies for triplet; npair is
+    # log(1) = 0
     xs = [torch.randn(4, 3, dtype=torch.float64) for _ in range(3)]
     same = torch.zeros(4, dtype=torch.long)
     assert comparison_loss("triplet", *xs, same)[0].item() == 0.0

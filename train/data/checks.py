@@ -32,7 +32,8 @@ def require_splits(data, names: tuple[str, ...], where: str) -> None:
     missing = [s for s in names if s not in data]
     if missing:
         raise DataError(
-            f"{where}: missing split(s) {missing}; expected {list(names)}, found {sorted(map(str, data))}"
+            f"{where}: missing split(s) {missing}; expected {list(names)}, "
+            f"found {sorted(map(str, data))}"
         )
 
 

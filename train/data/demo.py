@@ -99,7 +99,7 @@ def write_demo(
     seq_len: int = 20,
     aligned: bool = True,
 ) -> Path:
-    """Write a synthetic `name` file in format `fmt` under data_dir (its standard name); return its path.
+    """Write a synthetic `name` file (format `fmt`, standard name) under data_dir; return its path.
 
     aligned=False writes the unaligned variant (MulT *_noalign.pkl, MMSA unaligned_50.pkl) whose
     audio/visual sequences are twice as long as the text. A sidecar <file>.demo.json marks the
@@ -171,7 +171,7 @@ def _latent(rng, name: str, n: int) -> dict:
 
 
 def _features(rng, latent, direction, modality: str, n: int, seq_len: int) -> np.ndarray:
-    """(n, seq_len, d): the sample's signal at every step plus noise (padding is zeroed by the caller)."""
+    """(n, seq_len, d): the sample's signal at every step plus noise (the caller zeroes padding)."""
     signal = SIGNAL[modality] * latent["code"] @ direction
     noise = 0.5 * rng.standard_normal((n, seq_len, direction.shape[1]))
     return (signal[:, None, :] + noise).astype(np.float32)

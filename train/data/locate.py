@@ -9,7 +9,8 @@ from .errors import DataError, DataFileNotFound
 NAMES = ("mosi", "mosei", "iemocap")
 FORMATS = ("mult", "mmsa", "magbert", "poria")
 
-# Standard file names per (format, dataset), in order of preference ("auto" tries formats in this order).
+# Standard file names per (format, dataset), in order of preference ("auto" tries formats in this
+# order).
 FILES = {
     "mult": {
         "mosi": ["mosi_data.pkl", "mosi_data_noalign.pkl"],
@@ -25,10 +26,14 @@ FILES = {
 }
 
 SOURCES = {
-    "mult": "MulT's processed data (github.com/yaohungt/Multimodal-Transformer, download link in its README)",
-    "mmsa": "MMSA's processed features (github.com/thuiar/MMSA, <NAME>/Processed/aligned_50.pkl from its README links)",
-    "magbert": "MAG-BERT's data (github.com/WasifurRahman/BERT_multimodal_transformer, datasets/download_datasets.sh)",
-    "poria": "Poria et al.'s utterance features (github.com/declare-lab/contextual-utterance-level-multimodal-"
+    "mult": "MulT's processed data (github.com/yaohungt/Multimodal-Transformer, "
+    "download link in its README)",
+    "mmsa": "MMSA's processed features (github.com/thuiar/MMSA, "
+    "<NAME>/Processed/aligned_50.pkl from its README links)",
+    "magbert": "MAG-BERT's data (github.com/WasifurRahman/BERT_multimodal_transformer, "
+    "datasets/download_datasets.sh)",
+    "poria": "Poria et al.'s utterance features "
+    "(github.com/declare-lab/contextual-utterance-level-multimodal-"
     "sentiment-analysis); this project keeps a copy in ../shared/data/real",
 }
 
@@ -38,7 +43,10 @@ def formats_for(name: str) -> list[str]:
 
 
 def check_name_fmt(name: str, fmt: str) -> str:
-    """Normalised dataset name; DataError for an unknown name or a format the dataset is not published in."""
+    """Normalised dataset name.
+
+    DataError for an unknown name or a format the dataset is not published in.
+    """
     key = str(name).lower()
     if key not in NAMES:
         raise DataError(f"name: unknown dataset {name!r}; expected one of {list(NAMES)}")
@@ -74,7 +82,8 @@ def find_file(name: str, data_dir: Path, fmt: str, prefer: tuple = ()) -> tuple[
                 return f, data_dir
         expected = [n for f in fmts for n in FILES[f][name]]
         raise DataError(
-            f"{data_dir}: not a standard {name} file name for format {fmt!r}; expected one of {expected}"
+            f"{data_dir}: not a standard {name} file name for format {fmt!r}; "
+            f"expected one of {expected}"
         )
     looked = []
     for f in fmts:

@@ -1,10 +1,13 @@
-"""MAG-BERT pickles (Rahman et al. 2020, github.com/WasifurRahman/BERT_multimodal_transformer): mosi.pkl, mosei.pkl.
+"""MAG-BERT pickles (Rahman et al. 2020): mosi.pkl, mosei.pkl.
 
-dict train/dev/test -> list of ((words, visual (n_words, dv), acoustic (n_words, da)), label, segment).
+From github.com/WasifurRahman/BERT_multimodal_transformer.
+dict train/dev/test -> list of
+  ((words, visual (n_words, dv), acoustic (n_words, da)), label, segment).
 Tokenised as MAG-BERT's convert_to_features does: each word's visual/acoustic rows repeated
 over its sub-tokens, truncated to max_seq_len - 2 tokens, then
   BERT:  [CLS] tokens [SEP], zero features on [CLS]/[SEP], right-padded;
-  XLNet: tokens <sep> <cls>, zero features on <sep>/<cls>, left-padded (pad segment 3, <cls> segment 2).
+  XLNet: tokens <sep> <cls>, zero features on <sep>/<cls>, left-padded
+         (pad segment 3, <cls> segment 2).
 text_mask covers the special tokens (the attention mask); audio_mask/vision_mask cover the word
 steps only, so the last real audio/visual step is the last word's, not a zero [SEP] row.
 """

@@ -20,14 +20,14 @@ def nonzero_steps(*seqs: torch.Tensor) -> torch.Tensor:
 
 
 def left_padded_mask(real: torch.Tensor) -> torch.Tensor:
-    """Left padding: real from the first step with data to the end (the last step is always real)."""
+    """Left padding: real from the first step with data to the end (the last is always real)."""
     steps = torch.arange(real.shape[1])
     first = torch.where(real.any(1), real.to(torch.uint8).argmax(1), real.shape[1] - 1)
     return steps >= first[:, None]
 
 
 def right_padded_mask(real: torch.Tensor) -> torch.Tensor:
-    """Right padding: real from the start to the last step with data (the first step is always real)."""
+    """Right padding: real from the start to the last step with data (the first is always real)."""
     return left_padded_mask(real.flip(1)).flip(1)
 
 

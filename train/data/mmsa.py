@@ -33,7 +33,8 @@ def read_mmsa(path: Path, name: str, text: str = "auto") -> DataBundle:
     has_ids = all(isinstance(data[s], dict) and "text_bert" in data[s] for s in SPLITS)
     if text == "tokens" and not has_ids:
         raise DataError(
-            f"{path}: no 'text_bert' token ids in every split; a pretrained text encoder needs them "
+            f"{path}: no 'text_bert' token ids in every split; "
+            f"a pretrained text encoder needs them "
             f"(use the feature Transformer, --text-encoder transformer, on its 'text' features)"
         )
     tokens = has_ids and text != "features"

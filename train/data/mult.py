@@ -1,5 +1,6 @@
-"""MulT pickles (Tsai et al. 2019): mosi_data.pkl, mosei_senti_data.pkl, iemocap_data.pkl, *_noalign.
+"""MulT pickles (Tsai et al. 2019): mosi_data.pkl, mosei_senti_data.pkl, iemocap_data.pkl.
 
+The same names with _noalign (e.g. mosi_data_noalign.pkl) hold the unaligned variants.
 dict train/valid/test -> {"text" (N, T, 300) GloVe, "audio" (N, Ta, da), "vision" (N, Tv, dv),
 "labels" (N, 1, 1) sentiment or (N, 4, 2) one-hot per emotion (IEMOCAP), "id" (unused)}.
 Sequences are LEFT-padded with zeros; audio may hold -inf.
@@ -70,6 +71,7 @@ def _emotions(value, where: str, n: int) -> torch.Tensor:
     arr = checks.as_array(value, where, ndim=3, n=n, shape={1: len(EMOTIONS), 2: 2})
     if not (np.isin(arr, (0, 1)).all() and (arr.sum(-1) == 1).all()):
         raise DataError(
-            f"{where}: expected one-hot pairs [absent, present] per emotion (0/1 values, one 1 each)"
+            f"{where}: expected one-hot pairs [absent, present] per emotion "
+            f"(0/1 values, one 1 each)"
         )
     return torch.from_numpy(arr.argmax(-1)).long()

@@ -67,7 +67,8 @@ def _read_part(data: dict, part: str, path: Path):
     for m, x in feats.items():
         if x.shape[1] != slots:
             raise DataError(
-                f"{where} '{MODALITIES[m]}_{part}': expected ({videos}, {slots}, d), got {tuple(x.shape)}"
+                f"{where} '{MODALITIES[m]}_{part}': expected ({videos}, {slots}, d), "
+                f"got {tuple(x.shape)}"
             )
     label = checks.as_array(
         checks.require_key(data, f"{part}_label", where),
@@ -79,7 +80,8 @@ def _read_part(data: dict, part: str, path: Path):
     real = mask.astype(bool)
     if not (np.isin(label[real], (0, 1)).all() and (label[real].sum(-1) == 1).all()):
         raise DataError(
-            f"{where} '{part}_label': expected one-hot [negative, non-negative] rows for real utterances"
+            f"{where} '{part}_label': expected one-hot [negative, non-negative] rows "
+            f"for real utterances"
         )
     sentiment = torch.from_numpy(label.argmax(-1) * 2.0 - 1.0).float()
     real = torch.from_numpy(real)
