@@ -1,4 +1,4 @@
-"""Run a table of the paper (4: ablations, 5: fusion, 6: alpha, 7: losses) through train/main.py.
+"""Run a table of the paper (4: ablations, 5: fusion, 6: alpha, 7: losses; 9: memory) via main.py.
 
 Several seeds per row; writes ablation.md and ablation.json.
 
@@ -245,7 +245,7 @@ def write_outputs(out, table, entries, meta):
             continue
         cells = [
             _cell(c, e["mean"][c], e["std"][c])
-            + (f" ({_paper(c, e['paper'][c])})" if c in paper_cols else "")
+            + (f" ({_paper(c, e['paper'][c])})" if c in paper_cols and c in e["paper"] else "")
             for c in columns
         ]
         lines.append(
