@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from train import distributed
+from train import main as main_module
 from train.data import write_demo
 from train.main import main
 from train.objectives import hybrid_loss
@@ -127,8 +128,11 @@ def test_comparison_losses_are_refused_under_torchrun(tmp_path, monkeypatch):
         main(
             ["--dataset", "mosi", "--demo", "--out", str(tmp_path), "--contrastive-loss", "triplet"]
         )
+    # A GPU index is refused under torchrun (each process takes GPU LOCAL_RANK); asked of the
+    # device choice itself, since on a CPU build --device cuda:1 already fails check_args.
+    args = main_module.build_parser().parse_args(["--dataset", "mosi", "--device", "cuda:1"])
     with pytest.raises(ValueError, match="--device: under torchrun"):
-        main(["--dataset", "mosi", "--demo", "--out", str(tmp_path), "--device", "cuda:1"])
+        main_module._device(args, two_ranks)
 
 
 def test_hybrid_loss_refuses_comparison_losses_on_the_global_batch():
