@@ -60,8 +60,8 @@ class HyConTerms(NamedTuple):
 
 
 def _is_real(value):
-    # float first: isinstance against the numbers ABCs costs ~0.3 us, a sizeable part of a
-    # small-batch call; the result is the same.
+    # float first: isinstance against the numbers ABCs is slow next to a small-batch call, and
+    # the result is the same.
     return type(value) is float or isinstance(value, numbers.Real)
 
 
