@@ -183,7 +183,7 @@ def make_op_step(op, impl, k, device, seed=0):
     raise ValueError(f"op must be one of {OP_NAMES}, got {op!r}")
 
 
-def sel_name(pair_selection):
+def selection_label(pair_selection):
     return "on" if pair_selection else "off"
 
 

@@ -110,7 +110,7 @@ def measure_row(device, k, pair_selection, args):
     return {
         "device": device,
         "k": k,
-        "sel": cases.sel_name(pair_selection),
+        "sel": cases.selection_label(pair_selection),
         "times": times,
         "calls": calls,
     }
@@ -172,10 +172,13 @@ def loss_table(rows):
     return lines
 
 
-def reference_bytes_per_cell(rows, device, sel):
-    """Reference peak bytes per (3K)^2 at the largest K measured for (device, sel); None if none."""
+def reference_bytes_per_cell(rows, device, selection_label):
+    """Reference peak bytes per (3K)^2 at the largest K measured for (device, selection_label);
+    None if none."""
     measured = [
-        r for r in rows if (r["device"], r["sel"]) == (device, sel) and r["peaks"]["reference"]
+        r
+        for r in rows
+        if (r["device"], r["sel"]) == (device, selection_label) and r["peaks"]["reference"]
     ]
     if not measured:
         return None
@@ -194,8 +197,8 @@ def big_section(rows, devices):
     one_matrix = 4 * (3 * BIG_K) ** 2  # a single float32 (3K)^2 similarity matrix
     for device in devices:
         for pair_selection in (False, True):
-            per_cell = reference_bytes_per_cell(rows, device, cases.sel_name(pair_selection))
-            log(f"big: {device} K={BIG_K} sel={cases.sel_name(pair_selection)}")
+            per_cell = reference_bytes_per_cell(rows, device, cases.selection_label(pair_selection))
+            log(f"big: {device} K={BIG_K} sel={cases.selection_label(pair_selection)}")
             spec = {
                 **cases.loss_spec("ext", BIG_K, device, pair_selection),
                 "warmup_k": BIG_WARMUP_K,
@@ -209,7 +212,7 @@ def big_section(rows, devices):
                 else f"~{per_cell * (3 * BIG_K) ** 2 / 1e9:.3g}"
             )
             lines.append(
-                f"| {device} | {cases.sel_name(pair_selection)} | {seconds:.3g} "
+                f"| {device} | {cases.selection_label(pair_selection)} | {seconds:.3g} "
                 f"| {_mb(peak)} | {fits} | {need} |"
             )
     lines += [
@@ -234,7 +237,7 @@ def memory_section(args):
     for device in args.devices:
         rows = []
         for pair_selection in (False, True):
-            log(f"memory: {device} K={k} Q={q} sel={cases.sel_name(pair_selection)}")
+            log(f"memory: {device} K={k} Q={q} sel={cases.selection_label(pair_selection)}")
             steps = {
                 i: cases.make_memory_step(i, k, q, device, pair_selection) for i in MEMORY_IMPLS
             }
@@ -247,7 +250,9 @@ def memory_section(args):
             del steps
         log(f"memory: {device} peaks, {2 * len(MEMORY_IMPLS)} cases")  # one child process (CPU)
         specs = [
-            cases.memory_spec(i, k, q, device, sel) for sel, _, _ in rows for i in MEMORY_IMPLS
+            cases.memory_spec(i, k, q, device, pair_selection)
+            for pair_selection, _, _ in rows
+            for i in MEMORY_IMPLS
         ]
         all_peaks = memory.peak_bytes_many(specs)[0]
         for n, (pair_selection, times, calls) in enumerate(rows):
@@ -255,7 +260,7 @@ def memory_section(args):
                 zip(MEMORY_IMPLS, all_peaks[n * len(MEMORY_IMPLS) : (n + 1) * len(MEMORY_IMPLS)])
             )
             lines.append(
-                f"| {device} | {cases.sel_name(pair_selection)} | {_ms(times['ext'])} "
+                f"| {device} | {cases.selection_label(pair_selection)} | {_ms(times['ext'])} "
                 f"| {_ms(times['reference'])} | {_ratio(times['reference'], times['ext'])} "
                 f"| {_mb(peaks['ext'])} | {_mb(peaks['reference'])} "
                 f"| {_ratio(peaks['reference'], peaks['ext'])} | {calls} |"
@@ -384,7 +389,7 @@ def main(argv=None):
     for device in args.devices:
         for k in () if args.memory_only else args.sizes:
             for pair_selection in (False, True):
-                log(f"loss: {device} K={k} sel={cases.sel_name(pair_selection)}")
+                log(f"loss: {device} K={k} sel={cases.selection_label(pair_selection)}")
                 rows.append(measure_row(device, k, pair_selection, args))
     add_peaks(rows)
     lines = header(args) + ([] if args.memory_only else [""] + loss_table(rows))

@@ -10,10 +10,10 @@ import pytest
 from bench import cases
 
 CASES = [
-    pytest.param(selection, impl, id=f"sel={cases.sel_name(selection)}-{impl}")
-    for selection in (False, True)
+    pytest.param(pair_selection, impl, id=f"sel={cases.selection_label(pair_selection)}-{impl}")
+    for pair_selection in (False, True)
     for impl in cases.LOSS_IMPLS
-    if not (impl == "supcon" and selection)
+    if not (impl == "supcon" and pair_selection)
 ]
 
 
@@ -29,4 +29,6 @@ def test_loss(run_benchmark, require_ext, benchmark, device, k, pair_selection, 
         info["compile_backend"] = backend
     step = cases.make_loss_step(impl, k, device, pair_selection, compile_backend=backend)
     spec = cases.loss_spec(impl, k, device, pair_selection)
-    run_benchmark(step, spec, group=f"{device} K={k} sel={cases.sel_name(pair_selection)}", **info)
+    run_benchmark(
+        step, spec, group=f"{device} K={k} sel={cases.selection_label(pair_selection)}", **info
+    )

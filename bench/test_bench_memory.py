@@ -28,7 +28,7 @@ def measured(device):
     """{(impl, K, pair_selection): peak bytes} of every case here, from one child process."""
     keys = [(impl, k, selection) for selection in (False, True) for impl, k in CASES]
     nbytes, method = memory.peak_bytes_many(
-        [cases.loss_spec(impl, k, device, sel) for impl, k, sel in keys]
+        [cases.loss_spec(impl, k, device, pair_selection) for impl, k, pair_selection in keys]
     )
     if None in nbytes:
         pytest.skip(

@@ -2,7 +2,7 @@
 // modality batches in one op and one autograd node: softmax, row descriptors, pair_terms and
 // the lambda-weighted means (docs/design.md). At small K the loss is dominated by per-op and
 // per-autograd-node overhead, so fusing the glue matters more than the kernels there.
-// The CPU kernel, and the generic path that the CUDA kernel (csrc/cuda/loss_values_cuda.cu)
+// The CPU kernel, and the generic path that the CUDA kernel (csrc/cuda/loss_values_kernel.cu)
 // runs unless the fused CUDA path applies: the scalar glue runs as plain loops on CPU, at:: ops
 // elsewhere (same formulas). On CPU it runs the engine directly rather than through the
 // pair_terms op, so that the similarity block, when it fits one chunk, is kept for the backward
@@ -27,25 +27,25 @@ namespace hycon_ext {
 
 LossValuesOutputs loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
                               const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
-                              int64_t h, double gamma, bool select_pos, bool select_neg,
-                              bool selection, bool refinement) {
+                              int64_t h, double gamma, bool select_positives, bool select_negatives,
+                              bool pair_selection, bool refinement) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::loss_values", "")
                        .typed<decltype(loss_values)>();
-  return op.call(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection,
-                 refinement);
+  return op.call(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_positives,
+                 select_negatives, pair_selection, refinement);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
-    const at::Tensor& sim, at::ScalarType dtype) {
+    at::ArrayRef<double> lambdas, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::loss_values_backward", "")
                        .typed<decltype(loss_values_backward)>();
-  return op.call(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg, selection,
-                 refinement, terms, stats, state, sim, dtype);
+  return op.call(grad_losses, labels, z, alpha, lambdas, gamma, select_positives, select_negatives,
+                 pair_selection, refinement, terms, stats, state, sim, dtype);
 }
 
 namespace {
@@ -200,23 +200,24 @@ std::array<at::Tensor, kModalities> softmax_backward_cpu(const at::Tensor& grad_
 LossValuesOutputs loss_values_generic(const at::Tensor& x_l, const at::Tensor& x_a,
                                       const at::Tensor& x_v, const at::Tensor& labels, double alpha,
                                       at::ArrayRef<double> lambdas, int64_t h, double gamma,
-                                      bool select_pos, bool select_neg, bool selection,
-                                      bool refinement) {
+                                      bool select_positives, bool select_negatives,
+                                      bool pair_selection, bool refinement) {
   check_loss_inputs(x_l, x_a, x_v, labels, lambdas);
-  if (selection) check_selection_args(h, gamma);
+  if (pair_selection) check_selection_args(h, gamma);
   at::AutoDispatchBelowADInplaceOrView guard;
   const at::Tensor z = at::softmax(at::cat({x_l, x_a, x_v}), 1, compute_dtype(x_l.scalar_type()));
   const at::Tensor ids = row_descriptors(labels);
   at::Tensor terms, stats, state, sim;
   if (z.is_cpu()) {
-    const cpu::Selection sel{selection, h, gamma, select_pos, select_neg};
+    const cpu::PairSelection selection{pair_selection, h, gamma, select_positives,
+                                       select_negatives};
     std::tie(stats, state) =
-        cpu::pair_stats_forward(z, z, ids, ids, kModes, mode_targets(alpha), sel, &sim);
+        cpu::pair_stats_forward(z, z, ids, ids, kModes, mode_targets(alpha), selection, &sim);
     terms = terms_from_stats_cpu(stats, kModes, refinement);
   } else {
     std::tie(terms, stats, state) =
-        pair_terms(z, z, ids, ids, kModes, mode_targets(alpha), h, gamma, select_pos, select_neg,
-                   selection, refinement);
+        pair_terms(z, z, ids, ids, kModes, mode_targets(alpha), h, gamma, select_positives,
+                   select_negatives, pair_selection, refinement);
   }
   if (!state.defined()) state = stats.new_empty({0});
   if (!sim.defined()) sim = z.new_empty({0});
@@ -255,9 +256,9 @@ void check_loss_backward_args(const at::Tensor& grad_losses, const at::Tensor& l
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
-    const at::Tensor& sim, at::ScalarType dtype) {
+    at::ArrayRef<double> lambdas, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
   check_loss_backward_args(grad_losses, labels, z, lambdas, terms, sim, dtype);
   const int64_t k = z.size(0) / kModalities;
   at::AutoDispatchBelowADInplaceOrView guard;
@@ -268,21 +269,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
     check_row_table(stats, "stats", z, kTerms, kStatCols);
     TORCH_CHECK(stats.scalar_type() == z.scalar_type(), "stats must have the dtype of z (",
                 z.scalar_type(), "), got ", stats.scalar_type());
-    if (selection) {
+    if (pair_selection) {
       check_selection_args(/*h=*/1, gamma);
       check_selection_state(state, z, kTerms);
     }
-    const cpu::Selection sel{selection, 0, gamma, select_pos, select_neg};
+    const cpu::PairSelection selection{pair_selection, 0, gamma, select_positives,
+                                       select_negatives};
     const at::Tensor grad_stats = grad_stats_from_terms_cpu(grad_terms, stats, kModes, refinement);
     const at::Tensor grad_z =
-        cpu::pair_stats_backward_same_rows(grad_stats, z, ids, kModes, mode_targets(alpha), sel,
-                                           state, sim.numel() > 0 ? sim : at::Tensor());
+        cpu::pair_stats_backward_same_rows(grad_stats, z, ids, kModes, mode_targets(alpha),
+                                           selection, state, sim.numel() > 0 ? sim : at::Tensor());
     auto [grad_l, grad_a, grad_v] = softmax_backward_cpu(grad_z, z, k);
     return {as_dtype(grad_l, dtype), as_dtype(grad_a, dtype), as_dtype(grad_v, dtype)};
   }
-  auto [grad_za, grad_zc] =
-      pair_terms_backward(grad_terms, z, z, ids, ids, kModes, mode_targets(alpha), gamma,
-                          select_pos, select_neg, selection, refinement, stats, state);
+  auto [grad_za, grad_zc] = pair_terms_backward(
+      grad_terms, z, z, ids, ids, kModes, mode_targets(alpha), gamma, select_positives,
+      select_negatives, pair_selection, refinement, stats, state);
   const at::Tensor grad_z = grad_za.add_(grad_zc);
   std::array<at::Tensor, kModalities> grad_x;
   for (int64_t m = 0; m < kModalities; ++m) {
@@ -296,12 +298,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
 TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
   m.def(
       "loss_values(Tensor x_l, Tensor x_a, Tensor x_v, Tensor labels, float alpha, "
-      "float[] lambdas, int h, float gamma, bool select_pos, bool select_neg, bool selection, "
+      "float[] lambdas, int h, float gamma, bool select_positives, bool select_negatives, bool "
+      "pair_selection, "
       "bool refinement) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
   m.def(
       "loss_values_backward(Tensor grad_losses, Tensor labels, Tensor z, float alpha, "
-      "float[] lambdas, float gamma, bool select_pos, bool select_neg, bool selection, "
+      "float[] lambdas, float gamma, bool select_positives, bool select_negatives, bool "
+      "pair_selection, "
       "bool refinement, Tensor terms, Tensor stats, Tensor state, Tensor sim, "
       "ScalarType dtype) -> (Tensor, Tensor, Tensor)");
 }

@@ -28,26 +28,27 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums(const at::Tensor& za, const at
                                                   const at::Tensor& a_ids, const at::Tensor& c_ids,
                                                   at::IntArrayRef modes,
                                                   at::ArrayRef<double> targets, int64_t h,
-                                                  double gamma, bool select_pos, bool select_neg);
+                                                  double gamma, bool select_positives,
+                                                  bool select_negatives);
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
     const at::Tensor& state);
 
 // The loss terms (pair_terms): returns (terms, stats, state); terms (2, n_modes) holds the
 // per-mode sums over anchors and the number of anchors with a positive. state is the
-// hard_pair_sums state when selection, else empty. h, gamma, select_pos and select_neg only
-// matter with selection.
+// hard_pair_sums state when selection, else empty. h, gamma, select_positives and select_negatives
+// only matter with selection.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
-    bool select_neg, bool selection, bool refinement);
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
+    bool select_positives, bool select_negatives, bool pair_selection, bool refinement);
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& stats, const at::Tensor& state);
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state);
 
 // The whole loss of hycon_ext.hycon_loss from the three (K, d) modality batches: returns
 // (total, scl, iamcl, iemcl, z, terms, stats, state, sim); the first four are 0-dim losses, the
@@ -58,14 +59,14 @@ using LossValuesOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Ten
                                      at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 LossValuesOutputs loss_values(const at::Tensor& x_l, const at::Tensor& x_a, const at::Tensor& x_v,
                               const at::Tensor& labels, double alpha, at::ArrayRef<double> lambdas,
-                              int64_t h, double gamma, bool select_pos, bool select_neg,
-                              bool selection, bool refinement);
+                              int64_t h, double gamma, bool select_positives, bool select_negatives,
+                              bool pair_selection, bool refinement);
 // grad_losses (4,): gradients of (total, scl, iamcl, iemcl); returns the gradients of
 // (x_l, x_a, x_v) in `dtype`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
-    const at::Tensor& sim, at::ScalarType dtype);
+    at::ArrayRef<double> lambdas, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype);
 
 }  // namespace hycon_ext

@@ -18,25 +18,25 @@ namespace hycon_ext {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
-    bool select_neg, bool selection, bool refinement) {
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
+    bool select_positives, bool select_negatives, bool pair_selection, bool refinement) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_terms", "")
                        .typed<decltype(pair_terms)>();
-  return op.call(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg, selection,
-                 refinement);
+  return op.call(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives, select_negatives,
+                 pair_selection, refinement);
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_terms_backward", "")
                        .typed<decltype(pair_terms_backward)>();
-  return op.call(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg,
-                 selection, refinement, stats, state);
+  return op.call(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_positives,
+                 select_negatives, pair_selection, refinement, stats, state);
 }
 
 namespace {
@@ -153,21 +153,21 @@ at::Tensor grad_stats_generic(const at::Tensor& grad_terms, const at::Tensor& st
 
 void check_terms_args(const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
                       const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
-                      int64_t h, double gamma, bool selection) {
+                      int64_t h, double gamma, bool pair_selection) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
-  if (selection) check_selection_args(h, gamma);
+  if (pair_selection) check_selection_args(h, gamma);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_kernel(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
-    bool select_neg, bool selection, bool refinement) {
-  check_terms_args(za, zc, a_ids, c_ids, modes, targets, h, gamma, selection);
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
+    bool select_positives, bool select_negatives, bool pair_selection, bool refinement) {
+  check_terms_args(za, zc, a_ids, c_ids, modes, targets, h, gamma, pair_selection);
   at::AutoDispatchBelowADInplaceOrView guard;
   at::Tensor stats, state;
-  if (selection) {
-    std::tie(stats, state) =
-        hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg);
+  if (pair_selection) {
+    std::tie(stats, state) = hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma,
+                                            select_positives, select_negatives);
   } else {
     stats = pair_sums(za, zc, a_ids, c_ids, modes, targets);
     state = stats.new_empty({0});
@@ -180,9 +180,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_kernel(
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward_kernel(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& stats, const at::Tensor& state) {
-  check_terms_args(za, zc, a_ids, c_ids, modes, targets, /*h=*/1, gamma, selection);
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+  check_terms_args(za, zc, a_ids, c_ids, modes, targets, /*h=*/1, gamma, pair_selection);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
   check_row_table(stats, "stats", za, n_modes, kStatCols);
   TORCH_CHECK(grad_terms.dim() == 2 && grad_terms.size(0) == 2 && grad_terms.size(1) == n_modes,
@@ -196,9 +196,9 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward_kernel(
   const auto coef = term_coefficients(modes, refinement);
   const at::Tensor grad_stats = stats.is_cpu() ? grad_stats_cpu(grad_terms, stats, coef)
                                                : grad_stats_generic(grad_terms, stats, coef);
-  if (selection) {
+  if (pair_selection) {
     return hard_pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
-                                   select_pos, select_neg, state);
+                                   select_positives, select_negatives, state);
   }
   return pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets);
 }
@@ -217,12 +217,13 @@ at::Tensor grad_stats_from_terms_cpu(const at::Tensor& grad_terms, const at::Ten
 TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
   m.def(
       "pair_terms(Tensor za, Tensor zc, Tensor a_ids, Tensor c_ids, int[] modes, "
-      "float[] targets, int h, float gamma, bool select_pos, bool select_neg, bool selection, "
+      "float[] targets, int h, float gamma, bool select_positives, bool select_negatives, bool "
+      "pair_selection, "
       "bool refinement) -> (Tensor, Tensor, Tensor)");
   m.def(
       "pair_terms_backward(Tensor grad_terms, Tensor za, Tensor zc, Tensor a_ids, "
-      "Tensor c_ids, int[] modes, float[] targets, float gamma, bool select_pos, "
-      "bool select_neg, bool selection, bool refinement, Tensor stats, Tensor state) "
+      "Tensor c_ids, int[] modes, float[] targets, float gamma, bool select_positives, "
+      "bool select_negatives, bool pair_selection, bool refinement, Tensor stats, Tensor state) "
       "-> (Tensor, Tensor)");
 }
 

@@ -86,8 +86,8 @@ def hard_pair_sums(
     targets: Sequence[float],
     h: int,
     gamma: float,
-    select_pos: bool,
-    select_neg: bool,
+    select_positives: bool,
+    select_negatives: bool,
 ) -> Tensor:
     """pair_sums with HyCon-v2 top-h pair selection; returns the stats only."""
     _require_built()
@@ -100,8 +100,8 @@ def hard_pair_sums(
         [float(t) for t in targets],
         int(h),
         float(gamma),
-        bool(select_pos),
-        bool(select_neg),
+        bool(select_positives),
+        bool(select_negatives),
     )
     return stats
 
@@ -115,14 +115,14 @@ def pair_terms(
     targets: Sequence[float],
     h: int,
     gamma: float,
-    select_pos: bool,
-    select_neg: bool,
-    selection: bool,
+    select_positives: bool,
+    select_negatives: bool,
+    pair_selection: bool,
     refinement: bool,
 ) -> Tensor:
     """Loss terms (2, len(modes)) = [per-mode sums over anchors; anchors with a positive].
 
-    selection=False ignores h, gamma, select_pos and select_neg (pair_sums' stats).
+    pair_selection=False ignores h, gamma, select_positives and select_negatives (pair_sums' stats).
     """
     _require_built()
     terms, _stats, _state = torch.ops.hycon_ext.pair_terms(
@@ -134,9 +134,9 @@ def pair_terms(
         [float(t) for t in targets],
         int(h),
         float(gamma),
-        bool(select_pos),
-        bool(select_neg),
-        bool(selection),
+        bool(select_positives),
+        bool(select_negatives),
+        bool(pair_selection),
         bool(refinement),
     )
     return terms
@@ -151,15 +151,15 @@ def loss_values(
     lambdas: Sequence[float],
     h: int,
     gamma: float,
-    select_pos: bool,
-    select_neg: bool,
-    selection: bool,
+    select_positives: bool,
+    select_negatives: bool,
+    pair_selection: bool,
     refinement: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(total, scl, iamcl, iemcl) of the three (K, d) batches: the whole loss in one op.
 
-    Modes (INTRA, INTER, SAME_SAMPLE) with targets (1, alpha, alpha); h, gamma, select_pos
-    and select_neg only matter with selection (pair_terms).
+    Modes (INTRA, INTER, SAME_SAMPLE) with targets (1, alpha, alpha); h, gamma, select_positives
+    and select_negatives only matter with selection (pair_terms).
     """
     _require_built()
     out = torch.ops.hycon_ext.loss_values(
@@ -171,9 +171,9 @@ def loss_values(
         [float(v) for v in lambdas],
         int(h),
         float(gamma),
-        bool(select_pos),
-        bool(select_neg),
-        bool(selection),
+        bool(select_positives),
+        bool(select_negatives),
+        bool(pair_selection),
         bool(refinement),
     )
     return out[:4]
@@ -203,14 +203,26 @@ def _register_fakes() -> None:
         return torch.empty_like(za), torch.empty_like(zc)
 
     @torch.library.register_fake(lib + "hard_pair_sums")
-    def _(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg):
+    def _(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives, select_negatives):
         dtype = _compute_dtype(za.dtype)
         stats = za.new_empty((za.shape[0], len(modes), _STAT_COLS), dtype=dtype)
         state = za.new_empty((za.shape[0], len(modes), _STATE_COLS), dtype=dtype)
         return stats, state
 
     @torch.library.register_fake(lib + "hard_pair_sums_backward")
-    def _(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg, state):
+    def _(
+        grad_stats,
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        modes,
+        targets,
+        gamma,
+        select_positives,
+        select_negatives,
+        state,
+    ):
         return torch.empty_like(za), torch.empty_like(zc)
 
     @torch.library.register_fake(lib + "pair_terms")
@@ -223,16 +235,16 @@ def _register_fakes() -> None:
         targets,
         h,
         gamma,
-        select_pos,
-        select_neg,
-        selection,
+        select_positives,
+        select_negatives,
+        pair_selection,
         refinement,
     ):
         dtype = _compute_dtype(za.dtype)
         n_modes = len(modes)
         terms = za.new_empty((2, n_modes), dtype=dtype)
         stats = za.new_empty((za.shape[0], n_modes, _STAT_COLS), dtype=dtype)
-        state_shape = (za.shape[0], n_modes, _STATE_COLS) if selection else (0,)
+        state_shape = (za.shape[0], n_modes, _STATE_COLS) if pair_selection else (0,)
         return terms, stats, za.new_empty(state_shape, dtype=dtype)
 
     @torch.library.register_fake(lib + "pair_terms_backward")
@@ -245,9 +257,9 @@ def _register_fakes() -> None:
         modes,
         targets,
         gamma,
-        select_pos,
-        select_neg,
-        selection,
+        select_positives,
+        select_negatives,
+        pair_selection,
         refinement,
         stats,
         state,
@@ -264,15 +276,15 @@ def _register_fakes() -> None:
         lambdas,
         h,
         gamma,
-        select_pos,
-        select_neg,
-        selection,
+        select_positives,
+        select_negatives,
+        pair_selection,
         refinement,
     ):
         dtype = _compute_dtype(x_l.dtype)
         rows = 3 * x_l.shape[0]
         losses = [x_l.new_empty((), dtype=dtype) for _ in range(4)]
-        state_shape = (rows, 3, _STATE_COLS) if selection else (0,)
+        state_shape = (rows, 3, _STATE_COLS) if pair_selection else (0,)
         z = x_l.new_empty((rows, x_l.shape[1]), dtype=dtype)
         terms = x_l.new_empty((2, 3), dtype=dtype)
         stats = x_l.new_empty((rows, 3, _STAT_COLS), dtype=dtype)
@@ -289,9 +301,9 @@ def _register_fakes() -> None:
         alpha,
         lambdas,
         gamma,
-        select_pos,
-        select_neg,
-        selection,
+        select_positives,
+        select_negatives,
+        pair_selection,
         refinement,
         terms,
         stats,

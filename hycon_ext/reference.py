@@ -122,12 +122,14 @@ def _with_modes(sums, modes_at, new):
     return torch.stack(rows)
 
 
-def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg):
+def hard_pair_sums(
+    za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives, select_negatives
+):
     """pair_sums with HyCon-v2 pair selection (eqs. 13-15) on INTRA and INTER modes.
 
     Kept positives: the h with the smallest similarity, weighted by the detached
     softmax(1 / (s + gamma)); kept negatives: the h largest, weighted by softmax(s).
-    select_pos / select_neg = False keeps that side whole and unweighted.
+    select_positives / select_negatives = False keeps that side whole and unweighted.
     """
     _check_modes(modes, targets)
     if h < 1:
@@ -143,14 +145,14 @@ def hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, s
     selectable = [k for k, mode in enumerate(modes) if mode != SAME_SAMPLE]
     if selectable:
         rows = torch.tensor(selectable, device=s.device)
-        if select_pos:
+        if select_positives:
             values, kept = _keep_hardest(s, positives[rows], h, largest=False)
             weights = _masked_softmax(1.0 / (values.detach() + gamma), kept)
             pos_sum = _with_modes(pos_sum, selectable, (values * weights).sum(-1))
             pos_count = _with_modes(pos_count, selectable, kept.sum(-1).to(s.dtype))
             refine = torch.where(kept, (values - target[rows]) ** 2, 0).sum(-1)
             refine_sum = _with_modes(refine_sum, selectable, refine)
-        if select_neg:
+        if select_negatives:
             values, kept = _keep_hardest(s, negatives[rows], h, largest=True)
             weights = _masked_softmax(values, kept)
             neg_sum = _with_modes(neg_sum, selectable, (values * weights).sum(-1))
@@ -185,13 +187,24 @@ def terms_from_stats(stats, modes, refinement=True):
 
 
 def pair_terms(
-    za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg, selection, refinement
+    za,
+    zc,
+    a_ids,
+    c_ids,
+    modes,
+    targets,
+    h,
+    gamma,
+    select_positives,
+    select_negatives,
+    pair_selection,
+    refinement,
 ):
-    """Loss terms (2, len(modes)) of pair_sums (selection=False; h, gamma, select_pos and
-    select_neg are then ignored) or hard_pair_sums stats: see terms_from_stats."""
-    if selection:
+    """Loss terms (2, len(modes)) of pair_sums (pair_selection=False; h, gamma, select_positives and
+    select_negatives are then ignored) or hard_pair_sums stats: see terms_from_stats."""
+    if pair_selection:
         stats = hard_pair_sums(
-            za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg
+            za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives, select_negatives
         )
     else:
         stats = pair_sums(za, zc, a_ids, c_ids, modes, targets)
@@ -207,7 +220,18 @@ def combine_terms(sums, counts, lambdas):
 
 
 def loss_values(
-    x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection, refinement
+    x_l,
+    x_a,
+    x_v,
+    labels,
+    alpha,
+    lambdas,
+    h,
+    gamma,
+    select_positives,
+    select_negatives,
+    pair_selection,
+    refinement,
 ):
     """(total, scl, iamcl, iemcl) of the three (K, d) batches (twin of ops.loss_values)."""
     z = torch.softmax(torch.cat((x_l, x_a, x_v)), dim=-1)
@@ -221,9 +245,9 @@ def loss_values(
         (1.0, alpha, alpha),
         h,
         gamma,
-        select_pos,
-        select_neg,
-        selection,
+        select_positives,
+        select_negatives,
+        pair_selection,
         refinement,
     )
     return combine_terms(terms[0], terms[1], lambdas)

@@ -183,7 +183,17 @@ def oracle_grad_multi(xs, labels, *, term="total", eps=1e-6, **options):
 
 
 def oracle_pair_stats(
-    za, zc, a_ids, c_ids, modes, targets, *, h=None, gamma=1.0, select_pos=True, select_neg=True
+    za,
+    zc,
+    a_ids,
+    c_ids,
+    modes,
+    targets,
+    *,
+    h=None,
+    gamma=1.0,
+    select_positives=True,
+    select_negatives=True,
 ):
     """Per-anchor stats [pos_sum, neg_sum, pos_count, refine_sum] per mode (docs/design.md).
 
@@ -207,12 +217,12 @@ def oracle_pair_stats(
                 elif mode == 2 and c_smp == a_smp and c_mod != a_mod:
                     positives.append(pair)
             selecting = h is not None and mode != 2
-            if selecting and select_pos:
+            if selecting and select_positives:
                 kept_p = _select(positives, h, lambda p: (p[0], p[1]))
                 w_p = _softmax([1.0 / (s + gamma) for s, _ in kept_p]) if kept_p else []
             else:
                 kept_p, w_p = positives, [1.0] * len(positives)
-            if selecting and select_neg:
+            if selecting and select_negatives:
                 kept_n = _select(negatives, h, lambda p: (-p[0], p[1]))
                 w_n = _softmax([s for s, _ in kept_n]) if kept_n else []
             else:

@@ -25,7 +25,9 @@ pytestmark = [
 SEED = int(os.environ.get("HYCON_TEST_SEED", "0"))
 ALL_MODES = [INTRA, INTER, SAME_SAMPLE]
 TARGETS = [1.0, 0.8, 0.8]
-SELECTIONS = list(itertools.product([False, True], repeat=2))  # (select_pos, select_neg)
+SELECTIONS = list(
+    itertools.product([False, True], repeat=2)
+)  # (select_positives, select_negatives)
 # float32: the CPU and CUDA paths sum in different orders (and the CPU sums in double).
 TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-5)}
 
@@ -112,11 +114,21 @@ def pair_sums_fn(ops, a_ids, c_ids, modes=ALL_MODES, targets=TARGETS):
 
 
 def hard_fn(
-    ops, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=ALL_MODES, targets=TARGETS
+    ops,
+    a_ids,
+    c_ids,
+    h,
+    select_positives,
+    select_negatives,
+    gamma=1.0,
+    modes=ALL_MODES,
+    targets=TARGETS,
 ):
     def fn(za, zc):
         a, c = on(za.device, a_ids, c_ids)
-        return ops.hard_pair_sums(za, zc, a, c, modes, targets, h, gamma, select_pos, select_neg)
+        return ops.hard_pair_sums(
+            za, zc, a, c, modes, targets, h, gamma, select_positives, select_negatives
+        )
 
     return fn
 
@@ -128,15 +140,15 @@ def hard_with_state(
     c_ids,
     device,
     h,
-    select_pos,
-    select_neg,
+    select_positives,
+    select_negatives,
     modes=ALL_MODES,
     targets=TARGETS,
     gamma=1.0,
 ):
     args = on(device, za, zc, a_ids, c_ids)
     stats, state = torch.ops.hycon_ext.hard_pair_sums(
-        *args, modes, targets, h, gamma, select_pos, select_neg
+        *args, modes, targets, h, gamma, select_positives, select_negatives
     )
     return stats.cpu(), state.cpu()
 
@@ -171,7 +183,7 @@ def test_pair_sums_matches_cpu(ops, dtype, k, n_modalities, n_classes, anchors, 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
-@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
+@pytest.mark.parametrize("select_positives,select_negatives", SELECTIONS)
 @pytest.mark.parametrize(
     "k,n_classes,h,anchors,seed",
     [
@@ -183,16 +195,20 @@ def test_pair_sums_matches_cpu(ops, dtype, k, n_modalities, n_classes, anchors, 
     ],
 )
 def test_hard_pair_sums_matches_cpu(
-    ops, dtype, select_pos, select_neg, k, n_classes, h, anchors, seed
+    ops, dtype, select_positives, select_negatives, k, n_classes, h, anchors, seed
 ):
     za, zc, a_ids, c_ids = make_problem(
         k, n_classes=n_classes, seed=seed, dtype=dtype, anchors=anchors
     )
-    fn = hard_fn(ops, a_ids, c_ids, h, select_pos, select_neg, gamma=0.7)
+    fn = hard_fn(ops, a_ids, c_ids, h, select_positives, select_negatives, gamma=0.7)
     assert_cuda_matches_cpu(fn, za, zc, **TOLERANCES[dtype])
     # Same selected pairs: the threshold indices agree exactly (random data has no near-ties).
-    _, state_cuda = hard_with_state(za, zc, a_ids, c_ids, "cuda", h, select_pos, select_neg)
-    _, state_cpu = hard_with_state(za, zc, a_ids, c_ids, "cpu", h, select_pos, select_neg)
+    _, state_cuda = hard_with_state(
+        za, zc, a_ids, c_ids, "cuda", h, select_positives, select_negatives
+    )
+    _, state_cpu = hard_with_state(
+        za, zc, a_ids, c_ids, "cpu", h, select_positives, select_negatives
+    )
     torch.testing.assert_close(state_cuda[..., [1, 3]], state_cpu[..., [1, 3]], atol=0, rtol=0)
     torch.testing.assert_close(state_cuda, state_cpu, **TOLERANCES[dtype])
 
@@ -373,9 +389,9 @@ LOSS_ARGS = dict(
     lambdas=[0.7, 1.3, 2.0],
     h=1,
     gamma=1.0,
-    select_pos=True,
-    select_neg=True,
-    selection=False,
+    select_positives=True,
+    select_negatives=True,
+    pair_selection=False,
     refinement=True,
 )
 # Output dtypes of the inputs: half precision gradients are rounded once to their dtype.
@@ -417,9 +433,9 @@ def loss_step(xs, labels, grad_losses, device, **overrides):
         args["lambdas"],
         args["h"],
         args["gamma"],
-        args["select_pos"],
-        args["select_neg"],
-        args["selection"],
+        args["select_positives"],
+        args["select_negatives"],
+        args["pair_selection"],
         args["refinement"],
     )
     losses = torch.stack(out[:4])
@@ -502,9 +518,9 @@ def test_fused_matches_chunked_path(ops, monkeypatch, k, d):
 def test_fused_env_leaves_selection_on_the_chunked_path(ops, monkeypatch):
     xs, labels, grad_losses = loss_inputs(40, 16, seed=50, dtype=torch.float32)
     monkeypatch.setenv(FUSED_ENV, "1")
-    with_env = loss_step(xs, labels, grad_losses, "cuda", selection=True, h=5)
+    with_env = loss_step(xs, labels, grad_losses, "cuda", pair_selection=True, h=5)
     monkeypatch.delenv(FUSED_ENV)
-    without = loss_step(xs, labels, grad_losses, "cuda", selection=True, h=5)
+    without = loss_step(xs, labels, grad_losses, "cuda", pair_selection=True, h=5)
     for a, b in zip(with_env, without):
         assert torch.equal(a, b)
 
@@ -526,8 +542,8 @@ def test_loss_values_gradcheck_on_cuda(ops, path):
             a["lambdas"],
             a["h"],
             a["gamma"],
-            a["select_pos"],
-            a["select_neg"],
+            a["select_positives"],
+            a["select_negatives"],
             False,
             a["refinement"],
         )
@@ -548,8 +564,8 @@ def test_loss_values_opcheck_on_cuda(ops, path, dtype):
         a["lambdas"],
         a["h"],
         a["gamma"],
-        a["select_pos"],
-        a["select_neg"],
+        a["select_positives"],
+        a["select_negatives"],
         False,
         a["refinement"],
     )
@@ -566,8 +582,8 @@ def test_loss_values_opcheck_on_cuda(ops, path, dtype):
             a["alpha"],
             a["lambdas"],
             a["gamma"],
-            a["select_pos"],
-            a["select_neg"],
+            a["select_positives"],
+            a["select_negatives"],
             False,
             a["refinement"],
             terms,
@@ -580,12 +596,12 @@ def test_loss_values_opcheck_on_cuda(ops, path, dtype):
 
 
 @pytest.mark.parametrize("path", ["fused", "chunked"], indirect=True)
-@pytest.mark.parametrize("selection", [False, True])
-def test_loss_values_is_bitwise_repeatable(ops, path, selection):
+@pytest.mark.parametrize("pair_selection", [False, True])
+def test_loss_values_is_bitwise_repeatable(ops, path, pair_selection):
     xs, labels, grad_losses = loss_inputs(700, 50, seed=80, dtype=torch.float32)
-    first = loss_step(xs, labels, grad_losses, "cuda", selection=selection, h=140)
+    first = loss_step(xs, labels, grad_losses, "cuda", pair_selection=pair_selection, h=140)
     for _ in range(2):
-        again = loss_step(xs, labels, grad_losses, "cuda", selection=selection, h=140)
+        again = loss_step(xs, labels, grad_losses, "cuda", pair_selection=pair_selection, h=140)
         for a, b in zip(first, again):
             assert torch.equal(a, b)
 

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.usefixtures("ext_ops")
 
 ALL_MODES = [INTRA, INTER, SAME_SAMPLE]
 TARGETS = [1.0, 0.8, 0.8]
-SELECTIONS = list(itertools.product([False, True], repeat=2))  # (select_pos, select_neg)
+SELECTIONS = list(
+    itertools.product([False, True], repeat=2)
+)  # (select_positives, select_negatives)
 
 
 def make_labels(k, pattern, gen):
@@ -66,10 +68,18 @@ def run_pair_sums(module, a_ids, c_ids, modes=ALL_MODES, targets=TARGETS):
 
 
 def run_hard(
-    module, a_ids, c_ids, h, select_pos, select_neg, gamma=1.0, modes=ALL_MODES, targets=TARGETS
+    module,
+    a_ids,
+    c_ids,
+    h,
+    select_positives,
+    select_negatives,
+    gamma=1.0,
+    modes=ALL_MODES,
+    targets=TARGETS,
 ):
     return lambda za, zc: module.hard_pair_sums(
-        za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg
+        za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives, select_negatives
     )
 
 
@@ -77,11 +87,11 @@ def run_terms(
     module,
     a_ids,
     c_ids,
-    selection,
+    pair_selection,
     refinement,
     h=2,
-    select_pos=True,
-    select_neg=True,
+    select_positives=True,
+    select_negatives=True,
     gamma=1.0,
     modes=ALL_MODES,
     targets=TARGETS,
@@ -95,9 +105,9 @@ def run_terms(
         targets,
         h,
         gamma,
-        select_pos,
-        select_neg,
-        selection,
+        select_positives,
+        select_negatives,
+        pair_selection,
         refinement,
     )
 
@@ -122,7 +132,7 @@ def test_pair_sums_matches_reference(k, n_modalities, pattern, seed):
     compare(run_pair_sums(ops, a_ids, c_ids), run_pair_sums(reference, a_ids, c_ids), za, zc)
 
 
-@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
+@pytest.mark.parametrize("select_positives,select_negatives", SELECTIONS)
 @pytest.mark.parametrize(
     "k,n_modalities,pattern,h,seed",
     [
@@ -136,12 +146,12 @@ def test_pair_sums_matches_reference(k, n_modalities, pattern, seed):
     ],
 )
 def test_hard_pair_sums_matches_reference(
-    k, n_modalities, pattern, h, seed, select_pos, select_neg
+    k, n_modalities, pattern, h, seed, select_positives, select_negatives
 ):
     za, zc, a_ids, c_ids = make_problem(k, n_modalities, pattern=pattern, seed=seed)
     compare(
-        run_hard(ops, a_ids, c_ids, h, select_pos, select_neg),
-        run_hard(reference, a_ids, c_ids, h, select_pos, select_neg),
+        run_hard(ops, a_ids, c_ids, h, select_positives, select_negatives),
+        run_hard(reference, a_ids, c_ids, h, select_positives, select_negatives),
         za,
         zc,
     )
@@ -255,10 +265,10 @@ def test_ties_keep_lower_candidate_index():
     z = torch.randint(0, 3, (3 * k, 4), generator=gen).double() / 4
     sims = z @ z.T
     assert sims.unique().numel() < sims.numel() // 10  # plenty of ties
-    for h, (select_pos, select_neg) in itertools.product([1, 2, 5], SELECTIONS):
+    for h, (select_positives, select_negatives) in itertools.product([1, 2, 5], SELECTIONS):
         compare(
-            run_hard(ops, ids, ids, h, select_pos, select_neg),
-            run_hard(reference, ids, ids, h, select_pos, select_neg),
+            run_hard(ops, ids, ids, h, select_positives, select_negatives),
+            run_hard(reference, ids, ids, h, select_positives, select_negatives),
             z,
             z,
             atol=1e-12,
@@ -289,14 +299,14 @@ TERMS_OPTIONS = [(False, True), (False, False), (True, True), (True, False)]
 
 
 @pytest.mark.parametrize("pattern", ["random", "equal", "distinct"])
-@pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
-def test_pair_terms_matches_reference(pattern, selection, refinement):
+@pytest.mark.parametrize("pair_selection,refinement", TERMS_OPTIONS)
+def test_pair_terms_matches_reference(pattern, pair_selection, refinement):
     za, zc, a_ids, c_ids = make_problem(
         7, pattern=pattern, seed=20, anchor_rows=torch.arange(0, 21, 3)
     )
     terms = compare(
-        run_terms(ops, a_ids, c_ids, selection, refinement),
-        run_terms(reference, a_ids, c_ids, selection, refinement),
+        run_terms(ops, a_ids, c_ids, pair_selection, refinement),
+        run_terms(reference, a_ids, c_ids, pair_selection, refinement),
         za,
         zc,
     )
@@ -306,8 +316,8 @@ def test_pair_terms_matches_reference(pattern, selection, refinement):
         assert terms[1, 2] == za.shape[0]
 
 
-@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
-def test_pair_terms_selection_sides_and_float32(select_pos, select_neg):
+@pytest.mark.parametrize("select_positives,select_negatives", SELECTIONS)
+def test_pair_terms_selection_sides_and_float32(select_positives, select_negatives):
     za, zc, a_ids, c_ids = make_problem(8, seed=21, dtype=torch.float32)
     compare(
         run_terms(
@@ -317,8 +327,8 @@ def test_pair_terms_selection_sides_and_float32(select_pos, select_neg):
             True,
             True,
             h=3,
-            select_pos=select_pos,
-            select_neg=select_neg,
+            select_positives=select_positives,
+            select_negatives=select_negatives,
             gamma=0.7,
         ),
         run_terms(
@@ -328,8 +338,8 @@ def test_pair_terms_selection_sides_and_float32(select_pos, select_neg):
             True,
             True,
             h=3,
-            select_pos=select_pos,
-            select_neg=select_neg,
+            select_positives=select_positives,
+            select_negatives=select_negatives,
             gamma=0.7,
         ),
         za,
@@ -369,30 +379,30 @@ def test_pair_terms_zero_positive_sum_and_nan():
     za, zc, a_ids, c_ids = make_problem(5, seed=23)
     za = za.clone()
     za[1, 0] = float("nan")
-    for selection in (False, True):
-        terms = run_terms(ops, a_ids, c_ids, selection, True)(za, zc)
+    for pair_selection in (False, True):
+        terms = run_terms(ops, a_ids, c_ids, pair_selection, True)(za, zc)
         assert terms[0].isnan().all()
         assert not terms[1].isnan().any()  # counts stay counts
 
 
 @pytest.mark.skipif(not ops.is_available("cuda"), reason="no CUDA device")
-@pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
-def test_pair_terms_cuda_matches_cpu(selection, refinement):
+@pytest.mark.parametrize("pair_selection,refinement", TERMS_OPTIONS)
+def test_pair_terms_cuda_matches_cpu(pair_selection, refinement):
     """On CUDA the terms come from at:: ops instead of the CPU loops: same values and grads."""
     za, zc, a_ids, c_ids = make_problem(9, seed=24)
     za[0, 0] = float("nan")
-    cpu = run_terms(ops, a_ids, c_ids, selection, refinement)
-    gpu = run_terms(ops, a_ids.cuda(), c_ids.cuda(), selection, refinement)
+    cpu = run_terms(ops, a_ids, c_ids, pair_selection, refinement)
+    gpu = run_terms(ops, a_ids.cuda(), c_ids.cuda(), pair_selection, refinement)
     compare(lambda a, c: gpu(a.cuda(), c.cuda()).cpu(), cpu, za, zc)
 
 
 def run_loss_values(
     module,
     labels,
-    selection,
+    pair_selection,
     refinement,
-    select_pos=True,
-    select_neg=True,
+    select_positives=True,
+    select_negatives=True,
     alpha=0.7,
     lambdas=(0.5, 2.0, 1.5),
     h=2,
@@ -400,17 +410,32 @@ def run_loss_values(
 ):
     return lambda *xs: torch.stack(
         module.loss_values(
-            *xs, labels, alpha, lambdas, h, gamma, select_pos, select_neg, selection, refinement
+            *xs,
+            labels,
+            alpha,
+            lambdas,
+            h,
+            gamma,
+            select_positives,
+            select_negatives,
+            pair_selection,
+            refinement,
         )
     )
 
 
-@pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
-@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
-def test_loss_values_match_reference(make_batch, selection, refinement, select_pos, select_neg):
+@pytest.mark.parametrize("pair_selection,refinement", TERMS_OPTIONS)
+@pytest.mark.parametrize("select_positives,select_negatives", SELECTIONS)
+def test_loss_values_match_reference(
+    make_batch, pair_selection, refinement, select_positives, select_negatives
+):
     *xs, labels = make_batch(7, 5, seed=25)
-    ext = run_loss_values(ops, labels, selection, refinement, select_pos, select_neg)
-    ref = run_loss_values(reference, labels, selection, refinement, select_pos, select_neg)
+    ext = run_loss_values(
+        ops, labels, pair_selection, refinement, select_positives, select_negatives
+    )
+    ref = run_loss_values(
+        reference, labels, pair_selection, refinement, select_positives, select_negatives
+    )
     ext_leaves, ref_leaves = leaves(*xs), leaves(*xs)
     out, out_ref = ext(*ext_leaves), ref(*ref_leaves)
     torch.testing.assert_close(out, out_ref, atol=1e-10, rtol=1e-9)
@@ -456,13 +481,13 @@ def test_loss_values_low_precision(make_batch, dtype):
         torch.testing.assert_close(x.grad.double(), x_ref.grad, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("selection", [False, True])
-def test_loss_values_kept_similarities(make_batch, selection):
+@pytest.mark.parametrize("pair_selection", [False, True])
+def test_loss_values_kept_similarities(make_batch, pair_selection):
     """On CPU the forward keeps S = z z^T when it fits one engine chunk; the backward reads it
     (and leaves it intact for a second backward) or, given an empty one, recomputes it."""
     *xs, labels = make_batch(10, 6, seed=31)
     hc = torch.ops.hycon_ext
-    args = (0.8, [1.0, 0.5, 2.0], 3, 1.0, True, True, selection, True)
+    args = (0.8, [1.0, 0.5, 2.0], 3, 1.0, True, True, pair_selection, True)
     *_, z, terms, stats, state, sim = hc.loss_values(*xs, labels, *args)
     torch.testing.assert_close(sim, z @ z.T)
 
@@ -508,9 +533,9 @@ def test_loss_values_does_not_keep_similarities_past_one_chunk():
     assert out[-1].shape == (0,)
 
 
-@pytest.mark.parametrize("selection", [False, True])
+@pytest.mark.parametrize("pair_selection", [False, True])
 @pytest.mark.parametrize("k", [10, 200, 700])
-def test_loss_values_backward_matches_two_sided_pair_terms(k, selection):
+def test_loss_values_backward_matches_two_sided_pair_terms(k, pair_selection):
     """loss_values' CPU backward treats anchors and candidates as the same rows (one gradient,
     dS + dS^T, symmetrised in place for small S); pair_terms' backward keeps them apart. Over
     the three regimes of the former (3K = 30: symmetrised S; 600: kept S, two GEMMs; 2100:
@@ -523,7 +548,7 @@ def test_loss_values_backward_matches_two_sided_pair_terms(k, selection):
 
     fused = leaves(*xs)
     out = torch.stack(
-        ops.loss_values(*fused, labels, alpha, lambdas, h, gamma, True, True, selection, True)
+        ops.loss_values(*fused, labels, alpha, lambdas, h, gamma, True, True, pair_selection, True)
     )
     (out * weights).sum().backward()
 
@@ -531,7 +556,7 @@ def test_loss_values_backward_matches_two_sided_pair_terms(k, selection):
     z = torch.softmax(torch.cat(split), -1)
     ids = row_descriptors(labels, 3)
     terms = ops.pair_terms(
-        z, z, ids, ids, ALL_MODES, [1.0, alpha, alpha], h, gamma, True, True, selection, True
+        z, z, ids, ids, ALL_MODES, [1.0, alpha, alpha], h, gamma, True, True, pair_selection, True
     )
     out_split = torch.stack(reference.combine_terms(terms[0], terms[1], lambdas))
     (out_split * weights).sum().backward()
@@ -562,32 +587,32 @@ def test_gradcheck_pair_sums():
     assert torch.autograd.gradcheck(run_pair_sums(ops, a_ids, c_ids), tuple(leaves(za, zc)))
 
 
-@pytest.mark.parametrize("select_pos,select_neg", SELECTIONS)
-def test_gradcheck_hard_pair_sums(select_pos, select_neg):
+@pytest.mark.parametrize("select_positives,select_negatives", SELECTIONS)
+def test_gradcheck_hard_pair_sums(select_positives, select_negatives):
     za, zc, a_ids, c_ids = make_problem(6, d=4, seed=16)
-    fn = run_hard(ops, a_ids, c_ids, 2, select_pos, select_neg, gamma=0.5)
+    fn = run_hard(ops, a_ids, c_ids, 2, select_positives, select_negatives, gamma=0.5)
     row_sims = (za @ zc.T).sort(dim=-1).values
     assert (row_sims.diff(dim=-1) > 1e-5).all()  # the finite differences keep the selection
     # w_p is detached by definition, so finite differences of pos_sum differ from its
     # gradient under positive selection; that column is checked against the reference above.
-    columns = [1, 3] if select_pos else [0, 1, 3]
+    columns = [1, 3] if select_positives else [0, 1, 3]
     assert torch.autograd.gradcheck(lambda a, c: fn(a, c)[..., columns], tuple(leaves(za, zc)))
 
 
-@pytest.mark.parametrize("selection,refinement", TERMS_OPTIONS)
-def test_gradcheck_pair_terms(selection, refinement):
+@pytest.mark.parametrize("pair_selection,refinement", TERMS_OPTIONS)
+def test_gradcheck_pair_terms(pair_selection, refinement):
     za, zc, a_ids, c_ids = make_problem(6, d=4, seed=16, anchor_rows=torch.arange(0, 18, 2))
-    # select_pos=False: w_p is detached by definition, so finite differences would disagree
+    # select_positives=False: w_p is detached by definition, so finite differences would disagree
     # with the gradient of the positive side (checked against the reference above).
-    fn = run_terms(ops, a_ids, c_ids, selection, refinement, select_pos=False)
+    fn = run_terms(ops, a_ids, c_ids, pair_selection, refinement, select_positives=False)
     assert torch.autograd.gradcheck(lambda a, c: fn(a, c)[0], tuple(leaves(za, zc)))
 
 
-@pytest.mark.parametrize("selection", [False, True])
-def test_gradcheck_loss_values(make_batch, selection):
-    # select_pos=False: w_p is detached by definition (see test_gradcheck_pair_terms).
+@pytest.mark.parametrize("pair_selection", [False, True])
+def test_gradcheck_loss_values(make_batch, pair_selection):
+    # select_positives=False: w_p is detached by definition (see test_gradcheck_pair_terms).
     *xs, labels = make_batch(5, 4, seed=28)
-    fn = run_loss_values(ops, labels, selection, True, select_pos=False)
+    fn = run_loss_values(ops, labels, pair_selection, True, select_positives=False)
     assert torch.autograd.gradcheck(fn, tuple(leaves(*xs)))
 
 
@@ -719,7 +744,7 @@ def _bad_calls(make_batch):
     )
     _, _, _, _, z, terms, loss_stats, loss_state, sim = loss(x_l, x_l, x_l, labels)
     grad4 = torch.zeros(4, dtype=torch.float64)
-    back = lambda selection, stats, state, kept: hc.loss_values_backward(  # noqa: E731
+    back = lambda pair_selection, stats, state, kept: hc.loss_values_backward(  # noqa: E731
         grad4,
         labels,
         z,
@@ -728,7 +753,7 @@ def _bad_calls(make_batch):
         1.0,
         True,
         True,
-        selection,
+        pair_selection,
         True,
         terms,
         stats,

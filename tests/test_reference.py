@@ -51,9 +51,9 @@ def _random_rows(seed, n_modalities, k, d, n_classes, offset, anchor_rows):
     return zc[anchor_rows], zc, c_ids[anchor_rows], c_ids
 
 
-def _assert_matches_oracle(stats, za, zc, a_ids, c_ids, modes, targets, **selection):
+def _assert_matches_oracle(stats, za, zc, a_ids, c_ids, modes, targets, **pair_selection):
     expected = oracle_pair_stats(
-        za.tolist(), zc.tolist(), a_ids.tolist(), c_ids.tolist(), modes, targets, **selection
+        za.tolist(), zc.tolist(), a_ids.tolist(), c_ids.tolist(), modes, targets, **pair_selection
     )
     assert stats.shape == (za.shape[0], len(modes), 4)
     torch.testing.assert_close(
@@ -81,14 +81,16 @@ def test_pair_sums_matches_oracle(seed, n_mod, k, d, n_classes, offset, rows, mo
 
 @pytest.mark.parametrize("seed, n_mod, k, d, n_classes, offset, rows, modes", CASES)
 @pytest.mark.parametrize("h", [1, 2, 50])
-@pytest.mark.parametrize("select_pos, select_neg", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize(
+    "select_positives, select_negatives", [(True, True), (True, False), (False, True)]
+)
 def test_hard_pair_sums_matches_oracle(
-    seed, n_mod, k, d, n_classes, offset, rows, modes, h, select_pos, select_neg
+    seed, n_mod, k, d, n_classes, offset, rows, modes, h, select_positives, select_negatives
 ):
     za, zc, a_ids, c_ids = _random_rows(seed, n_mod, k, d, n_classes, offset, rows)
     targets = [1.0, 0.8, 0.8][: len(modes)]
     stats = reference.hard_pair_sums(
-        za, zc, a_ids, c_ids, modes, targets, h, 0.5, select_pos, select_neg
+        za, zc, a_ids, c_ids, modes, targets, h, 0.5, select_positives, select_negatives
     )
     _assert_matches_oracle(
         stats,
@@ -100,8 +102,8 @@ def test_hard_pair_sums_matches_oracle(
         targets,
         h=h,
         gamma=0.5,
-        select_pos=select_pos,
-        select_neg=select_neg,
+        select_positives=select_positives,
+        select_negatives=select_negatives,
     )
 
 
@@ -173,13 +175,13 @@ def _is_pair(mode, a, c):
     return same_smp and not same_mod
 
 
-@pytest.mark.parametrize("selection", [False, True])
-def test_nan_similarity_poisons_the_row_sums_but_not_its_count(selection):
+@pytest.mark.parametrize("pair_selection", [False, True])
+def test_nan_similarity_poisons_the_row_sums_but_not_its_count(pair_selection):
     za, zc, a_ids, c_ids = _random_rows(6, 3, 4, 3, 2, 0, slice(None))
     zc = zc.clone()
     zc[5] = float("nan")  # row 5 (modality 1, sample 1) is a pair of some anchors only
-    options = dict(h=1, gamma=1.0) if selection else {}
-    if selection:
+    options = dict(h=1, gamma=1.0) if pair_selection else {}
+    if pair_selection:
         stats = reference.hard_pair_sums(
             za, zc, a_ids, c_ids, MODES, [1.0, 0.8, 0.8], 1, 1.0, True, True
         )

@@ -20,19 +20,19 @@ class HardPairSumsFunction : public torch::autograd::Function<HardPairSumsFuncti
   static variable_list forward(AutogradContext* ctx, const Variable& za, const Variable& zc,
                                const Variable& a_ids, const Variable& c_ids, at::IntArrayRef modes,
                                at::ArrayRef<double> targets, int64_t h, double gamma,
-                               bool select_pos, bool select_neg) {
+                               bool select_positives, bool select_negatives) {
     at::Tensor stats, state;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(stats, state) =
-          hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_pos, select_neg);
+      std::tie(stats, state) = hard_pair_sums(za, zc, a_ids, c_ids, modes, targets, h, gamma,
+                                              select_positives, select_negatives);
     }
     ctx->save_for_backward({za, zc, a_ids, c_ids, state});
     ctx->saved_data["modes"] = modes.vec();
     ctx->saved_data["targets"] = targets.vec();
     ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["select_pos"] = select_pos;
-    ctx->saved_data["select_neg"] = select_neg;
+    ctx->saved_data["select_positives"] = select_positives;
+    ctx->saved_data["select_negatives"] = select_negatives;
     ctx->mark_non_differentiable({state});
     ctx->set_materialize_grads(false);  // no zero tensors for the outputs without gradient
     return {stats, state};
@@ -45,8 +45,8 @@ class HardPairSumsFunction : public torch::autograd::Function<HardPairSumsFuncti
     const auto targets = ctx->saved_data["targets"].toDoubleVector();
     auto [grad_za, grad_zc] = hard_pair_sums_backward(
         grads[0], saved[0], saved[1], saved[2], saved[3], modes, targets,
-        ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
-        ctx->saved_data["select_neg"].toBool(), saved[4]);
+        ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_positives"].toBool(),
+        ctx->saved_data["select_negatives"].toBool(), saved[4]);
     // No gradient for the ids and the non-tensor arguments.
     variable_list out(kInputs);
     out[0] = grad_za;
@@ -61,11 +61,12 @@ class HardPairSumsBackwardFunction
   static variable_list forward(AutogradContext* /*ctx*/, const Variable& grad_stats,
                                const Variable& za, const Variable& zc, const Variable& a_ids,
                                const Variable& c_ids, at::IntArrayRef modes,
-                               at::ArrayRef<double> targets, double gamma, bool select_pos,
-                               bool select_neg, const Variable& state) {
+                               at::ArrayRef<double> targets, double gamma, bool select_positives,
+                               bool select_negatives, const Variable& state) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [grad_za, grad_zc] = hard_pair_sums_backward(
-        grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg, state);
+    auto [grad_za, grad_zc] =
+        hard_pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
+                                select_positives, select_negatives, state);
     return {grad_za, grad_zc};
   }
 
@@ -76,20 +77,21 @@ class HardPairSumsBackwardFunction
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_autograd(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
-    bool select_neg) {
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
+    bool select_positives, bool select_negatives) {
   const auto out = HardPairSumsFunction::apply(za, zc, a_ids, c_ids, modes, targets, h, gamma,
-                                               select_pos, select_neg);
+                                               select_positives, select_negatives);
   return {out[0], out[1]};
 }
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward_autograd(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
     const at::Tensor& state) {
-  const auto out = HardPairSumsBackwardFunction::apply(
-      grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos, select_neg, state);
+  const auto out =
+      HardPairSumsBackwardFunction::apply(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
+                                          select_positives, select_negatives, state);
   return {out[0], out[1]};
 }
 

@@ -22,18 +22,19 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
   static variable_list forward(AutogradContext* ctx, const Variable& x_l, const Variable& x_a,
                                const Variable& x_v, const Variable& labels, double alpha,
                                at::ArrayRef<double> lambdas, int64_t h, double gamma,
-                               bool select_pos, bool select_neg, bool selection, bool refinement) {
+                               bool select_positives, bool select_negatives, bool pair_selection,
+                               bool refinement) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [total, scl, iamcl, iemcl, z, terms, stats, state, sim] =
-        loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos, select_neg,
-                    selection, refinement);
+        loss_values(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_positives,
+                    select_negatives, pair_selection, refinement);
     ctx->save_for_backward({labels, z, terms, stats, state, sim});
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["lambdas"] = lambdas.vec();
     ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["select_pos"] = select_pos;
-    ctx->saved_data["select_neg"] = select_neg;
-    ctx->saved_data["selection"] = selection;
+    ctx->saved_data["select_positives"] = select_positives;
+    ctx->saved_data["select_negatives"] = select_negatives;
+    ctx->saved_data["pair_selection"] = pair_selection;
     ctx->saved_data["refinement"] = refinement;
     ctx->saved_data["dtype"] = x_l.scalar_type();
     ctx->mark_non_differentiable({z, terms, stats, state, sim});
@@ -60,8 +61,8 @@ class LossValuesFunction : public torch::autograd::Function<LossValuesFunction> 
     at::AutoDispatchBelowADInplaceOrView guard;  // nothing to record (see the check above)
     auto [grad_l, grad_a, grad_v] = loss_values_backward(
         grad_losses, saved[0], saved[1], ctx->saved_data["alpha"].toDouble(), lambdas,
-        ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
-        ctx->saved_data["select_neg"].toBool(), ctx->saved_data["selection"].toBool(),
+        ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_positives"].toBool(),
+        ctx->saved_data["select_negatives"].toBool(), ctx->saved_data["pair_selection"].toBool(),
         ctx->saved_data["refinement"].toBool(), terms, saved[3], saved[4], saved[5],
         ctx->saved_data["dtype"].toScalarType());
     // No gradient for the labels and the non-tensor arguments.
@@ -77,14 +78,14 @@ class LossValuesBackwardFunction : public torch::autograd::Function<LossValuesBa
  public:
   static variable_list forward(AutogradContext* /*ctx*/, const Variable& grad_losses,
                                const Variable& labels, const Variable& z, double alpha,
-                               at::ArrayRef<double> lambdas, double gamma, bool select_pos,
-                               bool select_neg, bool selection, bool refinement,
+                               at::ArrayRef<double> lambdas, double gamma, bool select_positives,
+                               bool select_negatives, bool pair_selection, bool refinement,
                                const Variable& terms, const Variable& stats, const Variable& state,
                                const Variable& sim, at::ScalarType dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [grad_l, grad_a, grad_v] =
-        loss_values_backward(grad_losses, labels, z, alpha, lambdas, gamma, select_pos, select_neg,
-                             selection, refinement, terms, stats, state, sim, dtype);
+    auto [grad_l, grad_a, grad_v] = loss_values_backward(
+        grad_losses, labels, z, alpha, lambdas, gamma, select_positives, select_negatives,
+        pair_selection, refinement, terms, stats, state, sim, dtype);
     return {grad_l, grad_a, grad_v};
   }
 
@@ -96,21 +97,22 @@ class LossValuesBackwardFunction : public torch::autograd::Function<LossValuesBa
 LossValuesOutputs loss_values_autograd(const at::Tensor& x_l, const at::Tensor& x_a,
                                        const at::Tensor& x_v, const at::Tensor& labels,
                                        double alpha, at::ArrayRef<double> lambdas, int64_t h,
-                                       double gamma, bool select_pos, bool select_neg,
-                                       bool selection, bool refinement) {
-  const auto out = LossValuesFunction::apply(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma,
-                                             select_pos, select_neg, selection, refinement);
+                                       double gamma, bool select_positives, bool select_negatives,
+                                       bool pair_selection, bool refinement) {
+  const auto out =
+      LossValuesFunction::apply(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_positives,
+                                select_negatives, pair_selection, refinement);
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_autograd(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
-    const at::Tensor& sim, at::ScalarType dtype) {
-  const auto out = LossValuesBackwardFunction::apply(grad_losses, labels, z, alpha, lambdas, gamma,
-                                                     select_pos, select_neg, selection, refinement,
-                                                     terms, stats, state, sim, dtype);
+    at::ArrayRef<double> lambdas, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
+  const auto out = LossValuesBackwardFunction::apply(
+      grad_losses, labels, z, alpha, lambdas, gamma, select_positives, select_negatives,
+      pair_selection, refinement, terms, stats, state, sim, dtype);
   return {out[0], out[1], out[2]};
 }
 

@@ -20,20 +20,22 @@ class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
   static variable_list forward(AutogradContext* ctx, const Variable& za, const Variable& zc,
                                const Variable& a_ids, const Variable& c_ids, at::IntArrayRef modes,
                                at::ArrayRef<double> targets, int64_t h, double gamma,
-                               bool select_pos, bool select_neg, bool selection, bool refinement) {
+                               bool select_positives, bool select_negatives, bool pair_selection,
+                               bool refinement) {
     at::Tensor terms, stats, state;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(terms, stats, state) = pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma,
-                                                 select_pos, select_neg, selection, refinement);
+      std::tie(terms, stats, state) =
+          pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives,
+                     select_negatives, pair_selection, refinement);
     }
     ctx->save_for_backward({za, zc, a_ids, c_ids, stats, state});
     ctx->saved_data["modes"] = modes.vec();
     ctx->saved_data["targets"] = targets.vec();
     ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["select_pos"] = select_pos;
-    ctx->saved_data["select_neg"] = select_neg;
-    ctx->saved_data["selection"] = selection;
+    ctx->saved_data["select_positives"] = select_positives;
+    ctx->saved_data["select_negatives"] = select_negatives;
+    ctx->saved_data["pair_selection"] = pair_selection;
     ctx->saved_data["refinement"] = refinement;
     ctx->mark_non_differentiable({stats, state});
     ctx->set_materialize_grads(false);  // no zero tensors for the outputs without gradient
@@ -47,8 +49,8 @@ class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
     const auto targets = ctx->saved_data["targets"].toDoubleVector();
     auto [grad_za, grad_zc] = pair_terms_backward(
         grads[0], saved[0], saved[1], saved[2], saved[3], modes, targets,
-        ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_pos"].toBool(),
-        ctx->saved_data["select_neg"].toBool(), ctx->saved_data["selection"].toBool(),
+        ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_positives"].toBool(),
+        ctx->saved_data["select_negatives"].toBool(), ctx->saved_data["pair_selection"].toBool(),
         ctx->saved_data["refinement"].toBool(), saved[4], saved[5]);
     // No gradient for the ids and the non-tensor arguments.
     variable_list out(kInputs);
@@ -63,13 +65,13 @@ class PairTermsBackwardFunction : public torch::autograd::Function<PairTermsBack
   static variable_list forward(AutogradContext* /*ctx*/, const Variable& grad_terms,
                                const Variable& za, const Variable& zc, const Variable& a_ids,
                                const Variable& c_ids, at::IntArrayRef modes,
-                               at::ArrayRef<double> targets, double gamma, bool select_pos,
-                               bool select_neg, bool selection, bool refinement,
+                               at::ArrayRef<double> targets, double gamma, bool select_positives,
+                               bool select_negatives, bool pair_selection, bool refinement,
                                const Variable& stats, const Variable& state) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [grad_za, grad_zc] =
-        pair_terms_backward(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_pos,
-                            select_neg, selection, refinement, stats, state);
+    auto [grad_za, grad_zc] = pair_terms_backward(grad_terms, za, zc, a_ids, c_ids, modes, targets,
+                                                  gamma, select_positives, select_negatives,
+                                                  pair_selection, refinement, stats, state);
     return {grad_za, grad_zc};
   }
 
@@ -80,21 +82,22 @@ class PairTermsBackwardFunction : public torch::autograd::Function<PairTermsBack
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_autograd(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
-    bool select_neg, bool selection, bool refinement) {
-  const auto out = PairTermsFunction::apply(za, zc, a_ids, c_ids, modes, targets, h, gamma,
-                                            select_pos, select_neg, selection, refinement);
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
+    bool select_positives, bool select_negatives, bool pair_selection, bool refinement) {
+  const auto out =
+      PairTermsFunction::apply(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives,
+                               select_negatives, pair_selection, refinement);
   return {out[0], out[1], out[2]};
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward_autograd(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& stats, const at::Tensor& state) {
-  const auto out =
-      PairTermsBackwardFunction::apply(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma,
-                                       select_pos, select_neg, selection, refinement, stats, state);
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+  const auto out = PairTermsBackwardFunction::apply(
+      grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_positives, select_negatives,
+      pair_selection, refinement, stats, state);
   return {out[0], out[1]};
 }
 

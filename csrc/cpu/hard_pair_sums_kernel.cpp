@@ -8,24 +8,25 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_cpu(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
-    bool select_neg) {
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
+    bool select_positives, bool select_negatives) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
   check_selection_args(h, gamma);
-  const cpu::Selection sel{true, h, gamma, select_pos, select_neg};
-  return cpu::pair_stats_forward(za, zc, a_ids, c_ids, modes, targets, sel);
+  const cpu::PairSelection selection{true, h, gamma, select_positives, select_negatives};
+  return cpu::pair_stats_forward(za, zc, a_ids, c_ids, modes, targets, selection);
 }
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward_cpu(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
     const at::Tensor& state) {
   check_hard_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
                                      state);
   // h only matters to the forward: the state already records the selection.
-  const cpu::Selection sel{true, 0, gamma, select_pos, select_neg};
-  return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, sel, state);
+  const cpu::PairSelection selection{true, 0, gamma, select_positives, select_negatives};
+  return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, selection,
+                                  state);
 }
 
 }  // namespace

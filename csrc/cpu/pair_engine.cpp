@@ -59,19 +59,24 @@ inline int relation(const int64_t* a, const int64_t* c) {
 
 // The modes of one call, tabulated by relation.
 struct Plan {
-  Plan(at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel) {
+  Plan(at::IntArrayRef modes, at::ArrayRef<double> targets, const PairSelection& selection) {
     for (size_t k = 0; k < modes.size(); ++k) {
-      const bool selectable = sel.enabled && modes[k] != SAME_SAMPLE;
-      ModeCfg mc{
-          targets[k], selectable && sel.select_pos, selectable && sel.select_neg, {}, -1, -1, 0u,
-          0u};
+      const bool selectable = selection.enabled && modes[k] != SAME_SAMPLE;
+      ModeCfg mc{targets[k],
+                 selectable && selection.select_positives,
+                 selectable && selection.select_negatives,
+                 {},
+                 -1,
+                 -1,
+                 0u,
+                 0u};
       for (int rel = 0; rel < kRelations; ++rel) {
         // Descriptors that realise `rel` against the anchor (0, 0, 0).
         mc.kind[rel] = classify_pair(modes[k], 0, 0, 0, (rel & 1) ? 0 : 1, (rel & 2) ? 0 : 1,
                                      (rel & 4) ? 0 : 1);
       }
       for (const bool positive : {true, false}) {
-        if (!(positive ? mc.sel_pos : mc.sel_neg)) continue;
+        if (!(positive ? mc.select_positives : mc.select_negatives)) continue;
         unsigned members = 0;
         for (int rel = 0; rel < kRelations; ++rel) {
           if (mc.kind[rel] == (positive ? kPositive : kNegative)) members |= 1u << rel;
@@ -92,8 +97,8 @@ struct Plan {
   int discard_slot() const { return static_cast<int>(sides.size()); }
   struct ModeCfg {
     double target;
-    bool sel_pos;  // top-h selection + detached softmax(1/(s+gamma)) weights on positives
-    bool sel_neg;  // top-h selection + softmax(s) weights on negatives
+    bool select_positives;  // top-h selection + detached softmax(1/(s+gamma)) weights on positives
+    bool select_negatives;  // top-h selection + softmax(s) weights on negatives
     int kind[kRelations];
     int pos_slot, neg_slot;             // index into sides; discard_slot() without selection
     unsigned pos_members, neg_members;  // bit rel: relation rel is on the selected side
@@ -281,14 +286,14 @@ void relation_sums(const scalar_t* s_row, int64_t m, const int64_t* a, const int
 
 template <typename scalar_t>
 void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
-                 const CandidateColumns* cols, const Plan& plan, const Selection& sel,
+                 const CandidateColumns* cols, const Plan& plan, const PairSelection& selection,
                  scalar_t* stats, scalar_t* state, RowScratch<scalar_t>& r) {
   relation_sums(s_row, m, a, c_ids, cols, /*need_rel=*/!plan.sides.empty(), r);
   // Each selected side's candidates, compacted without branches: every pair is written to
   // both of its mode's buffers and kept where it belongs (NaN has no order: it never enters
   // a selection).
   for (const auto& mc : plan.cfg) {
-    if (!mc.sel_pos && !mc.sel_neg) continue;
+    if (!mc.select_positives && !mc.select_negatives) continue;
     Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
     Candidate<scalar_t>* q = r.candidates[mc.neg_slot].data();
     int64_t np = 0, nq = 0;
@@ -322,11 +327,11 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       nan_probe += sum[rel];
       if (mc.kind[rel] == kPositive) {
         n_pos += count[rel];
-        if (!mc.sel_pos) {
+        if (!mc.select_positives) {
           pos_sum += sum[rel];
           refine += sq[rel] - 2 * t * sum[rel] + t * t * count[rel];  // sum (s - t)^2
         }
-      } else if (!mc.sel_neg) {
+      } else if (!mc.select_negatives) {
         neg_sum += sum[rel];
       }
     }
@@ -334,25 +339,25 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
     scalar_t t_p = inf, j_p = static_cast<scalar_t>(m), t_n = -inf, j_n = static_cast<scalar_t>(m),
              m_p = 0, sum_p = 1, sum_n = 1;
     int64_t pos_count = n_pos;
-    if (mc.sel_pos) {
+    if (mc.select_positives) {
       Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
       int64_t kept = r.n_candidates[mc.pos_slot];
-      if (kept > sel.h) {
-        select_first(p, kept, sel.h, PosBefore{});
-        kept = sel.h;
+      if (kept > selection.h) {
+        select_first(p, kept, selection.h, PosBefore{});
+        kept = selection.h;
         t_p = p[kept - 1].s;
         j_p = static_cast<scalar_t>(p[kept - 1].j);
       }
-      pos_count = std::min(sel.h, n_pos);
+      pos_count = std::min(selection.h, n_pos);
       double z = 0;
       if (kept > 0) {
         scalar_t s_min = p[0].s;
         for (int64_t i = 1; i < kept; ++i) s_min = std::min(s_min, p[i].s);
         // Rounded to the state dtype first: the backward sees the same shift.
-        m_p = static_cast<scalar_t>(1.0 / (static_cast<double>(s_min) + sel.gamma));
+        m_p = static_cast<scalar_t>(1.0 / (static_cast<double>(s_min) + selection.gamma));
         for (int64_t i = 0; i < kept; ++i) {
           const double s = p[i].s;
-          const double e = std::exp(1.0 / (s + sel.gamma) - static_cast<double>(m_p));
+          const double e = std::exp(1.0 / (s + selection.gamma) - static_cast<double>(m_p));
           z += e;
           pos_sum += s * e;
           refine += (s - t) * (s - t);
@@ -361,12 +366,12 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       }
       sum_p = static_cast<scalar_t>(z);
     }
-    if (mc.sel_neg) {
+    if (mc.select_negatives) {
       Candidate<scalar_t>* q = r.candidates[mc.neg_slot].data();
       int64_t kept = r.n_candidates[mc.neg_slot];
-      if (kept > sel.h) {
-        select_first(q, kept, sel.h, NegBefore{});
-        kept = sel.h;
+      if (kept > selection.h) {
+        select_first(q, kept, selection.h, NegBefore{});
+        kept = selection.h;
         t_n = q[kept - 1].s;
         j_n = static_cast<scalar_t>(q[kept - 1].j);
       }
@@ -390,8 +395,8 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
       // A NaN similarity among the row's pairs poisons its sums (pos_count stays a count,
       // so the loss keeps the anchor and propagates the NaN).
       st[kPosSum] = st[kNegSum] = st[kRefineSum] = nan;
-      if (mc.sel_pos) m_p = sum_p = nan;
-      if (mc.sel_neg) sum_n = nan;
+      if (mc.select_positives) m_p = sum_p = nan;
+      if (mc.select_negatives) sum_n = nan;
     }
     if (state != nullptr) {
       scalar_t* sv = state + k * kStateCols;
@@ -410,7 +415,7 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
 template <typename scalar_t>
 void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64_t* a,
                   const int64_t* c_ids, const CandidateColumns* cols, const Plan& plan,
-                  const Selection& sel, const scalar_t* grad, const scalar_t* state,
+                  const PairSelection& selection, const scalar_t* grad, const scalar_t* state,
                   RowScratch<scalar_t>& r) {
   // Unselected pairs: dL/ds = lin[rel] + slope[rel] * s (pos_sum, neg_sum, refine terms).
   double lin[kRelations] = {}, slope[kRelations] = {};
@@ -419,10 +424,10 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
     const scalar_t* g = grad + k * kStatCols;
     const double g_pos = g[kPosSum], g_neg = g[kNegSum], g_ref = g[kRefineSum];
     for (int rel = 0; rel < kRelations; ++rel) {
-      if (mc.kind[rel] == kPositive && !mc.sel_pos) {
+      if (mc.kind[rel] == kPositive && !mc.select_positives) {
         lin[rel] += g_pos - 2 * g_ref * mc.target;
         slope[rel] += 2 * g_ref;
-      } else if (mc.kind[rel] == kNegative && !mc.sel_neg) {
+      } else if (mc.kind[rel] == kNegative && !mc.select_negatives) {
         lin[rel] += g_neg;
       }
     }
@@ -470,7 +475,7 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
   // Each selected side's kept pairs (design.md thresholds), compacted as in the forward.
   for (size_t k = 0; k < plan.cfg.size(); ++k) {
     const auto& mc = plan.cfg[k];
-    if (!mc.sel_pos && !mc.sel_neg) continue;
+    if (!mc.select_positives && !mc.select_negatives) continue;
     const scalar_t* sv = state + k * kStateCols;
     const scalar_t t_p = sv[kStateTp], t_n = sv[kStateTn];
     const double j_p = static_cast<double>(sv[kStateJp]);
@@ -507,7 +512,7 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
       for (int64_t i = 0; i < n; ++i) {
         const int64_t j = kept[i];
         const double s = r.sim[j];
-        const double w = std::exp(1.0 / (s + sel.gamma) - m_p) / sum_p;
+        const double w = std::exp(1.0 / (s + selection.gamma) - m_p) / sum_p;
         // w_p is detached; the refinement term is unweighted.
         r.grad[j] += g_pos * w + 2.0 * g_ref * (s - target);
       }
@@ -535,7 +540,8 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
 
 std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel, at::Tensor* sim) {
+    at::IntArrayRef modes, at::ArrayRef<double> targets, const PairSelection& selection,
+    at::Tensor* sim) {
   const auto dtype = compute_dtype(za.scalar_type());
   const at::Tensor za_c = as_dtype(za, dtype).contiguous();
   const at::Tensor zc_c = as_dtype(zc, dtype).contiguous();
@@ -543,11 +549,11 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
   const at::Tensor c_c = c_ids.contiguous();
   const int64_t n = za.size(0), m = zc.size(0);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
-  const Plan plan(modes, targets, sel);
+  const Plan plan(modes, targets, selection);
 
   at::Tensor stats = at::empty({n, n_modes, kStatCols}, za_c.options());
   at::Tensor state =
-      sel.enabled ? at::empty({n, n_modes, kStateCols}, za_c.options()) : at::Tensor();
+      selection.enabled ? at::empty({n, n_modes, kStateCols}, za_c.options()) : at::Tensor();
   if (n == 0 || n_modes == 0) return {stats, state};
 
   const int64_t chunk = chunk_rows(n, m);
@@ -559,7 +565,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     // Any dtype: the relations and selection scans use them; the vector sums only for float.
     const auto cols = candidate_columns(a_ptr, n, c_ptr, m);
     scalar_t* stats_ptr = stats.data_ptr<scalar_t>();
-    scalar_t* state_ptr = sel.enabled ? state.data_ptr<scalar_t>() : nullptr;
+    scalar_t* state_ptr = selection.enabled ? state.data_ptr<scalar_t>() : nullptr;
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const int64_t rows = std::min(chunk, n - begin);
       const at::Tensor s = chunk_similarities(za_c, zc_t, begin, rows, workspace);
@@ -569,8 +575,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t i = begin + r;
           forward_row<scalar_t>(
-              s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, cols ? &*cols : nullptr, plan, sel,
-              stats_ptr + i * n_modes * kStatCols,
+              s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, cols ? &*cols : nullptr, plan,
+              selection, stats_ptr + i * n_modes * kStatCols,
               state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr, scratch);
         }
       });
@@ -615,7 +621,7 @@ constexpr int64_t kSymmetrizeMaxRows = 512;
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state,
+    at::ArrayRef<double> targets, const PairSelection& selection, const at::Tensor& state,
     const at::Tensor& sim, bool same_rows) {
   const auto dtype = compute_dtype(za.scalar_type());
   const at::Tensor za_c = as_dtype(za, dtype).contiguous();
@@ -623,10 +629,10 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
   const at::Tensor a_c = a_ids.contiguous();
   const at::Tensor c_c = same_rows ? a_c : c_ids.contiguous();
   const at::Tensor grad_c = as_dtype(grad_stats, dtype).contiguous();
-  const at::Tensor state_c = sel.enabled ? state.contiguous() : at::Tensor();
+  const at::Tensor state_c = selection.enabled ? state.contiguous() : at::Tensor();
   const int64_t n = za.size(0), m = zc.size(0), d = za.size(1);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
-  const Plan plan(modes, targets, sel);
+  const Plan plan(modes, targets, selection);
 
   if (n == 0 || n_modes == 0) {
     return {at::zeros({n, d}, za_c.options()),
@@ -652,7 +658,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
     // Any dtype: the relations and selection scans use them; the vector sums only for float.
     const auto cols = candidate_columns(a_ptr, n, c_ptr, m);
     const scalar_t* grad_ptr = grad_c.data_ptr<scalar_t>();
-    const scalar_t* state_ptr = sel.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* state_ptr = selection.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const int64_t rows = std::min(chunk, n - begin);
       at::Tensor ds = kept ? workspace : chunk_similarities(za_c, zc_t, begin, rows, workspace);
@@ -664,7 +670,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
           const int64_t i = begin + r;
           backward_row<scalar_t>(
               s_ptr + r * m, ds_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr,
-              cols ? &*cols : nullptr, plan, sel, grad_ptr + i * n_modes * kStatCols,
+              cols ? &*cols : nullptr, plan, selection, grad_ptr + i * n_modes * kStatCols,
               state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr, scratch);
         }
       });
@@ -696,19 +702,20 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state,
+    at::ArrayRef<double> targets, const PairSelection& selection, const at::Tensor& state,
     const at::Tensor& sim) {
   auto [grad_za, grad_zc] = pair_stats_backward_impl(grad_stats, za, zc, a_ids, c_ids, modes,
-                                                     targets, sel, state, sim, false);
+                                                     targets, selection, state, sim, false);
   return {as_dtype(grad_za, za.scalar_type()), as_dtype(grad_zc, zc.scalar_type())};
 }
 
 at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at::Tensor& z,
                                          const at::Tensor& ids, at::IntArrayRef modes,
-                                         at::ArrayRef<double> targets, const Selection& sel,
-                                         const at::Tensor& state, const at::Tensor& sim) {
-  return std::get<0>(
-      pair_stats_backward_impl(grad_stats, z, z, ids, ids, modes, targets, sel, state, sim, true));
+                                         at::ArrayRef<double> targets,
+                                         const PairSelection& selection, const at::Tensor& state,
+                                         const at::Tensor& sim) {
+  return std::get<0>(pair_stats_backward_impl(grad_stats, z, z, ids, ids, modes, targets, selection,
+                                              state, sim, true));
 }
 
 }  // namespace hycon_ext::cpu

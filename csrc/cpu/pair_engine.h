@@ -9,28 +9,28 @@
 
 namespace hycon_ext::cpu {
 
-struct Selection {
+struct PairSelection {
   bool enabled = false;  // false: pair_sums (every pair kept, unweighted)
   int64_t h = 0;
   double gamma = 1.0;
-  bool select_pos = false;
-  bool select_neg = false;
+  bool select_positives = false;
+  bool select_negatives = false;
 };
 
-// (stats, state); state is (N, n_modes, 7) when sel.enabled, else undefined. With `sim`, the
+// (stats, state); state is (N, n_modes, 7) when selection.enabled, else undefined. With `sim`, the
 // (N, M) similarities (compute dtype) are handed back there when they fit one chunk (no extra
 // memory: the chunk buffer is kept instead of freed), else *sim is left undefined.
 std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, const Selection& sel,
+    at::IntArrayRef modes, at::ArrayRef<double> targets, const PairSelection& selection,
     at::Tensor* sim = nullptr);
 
-// (grad_za, grad_zc); state is the forward's when sel.enabled, else ignored. sim: the
+// (grad_za, grad_zc); state is the forward's when selection.enabled, else ignored. sim: the
 // forward's kept similarities (read only), or undefined to recompute them.
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, const Selection& sel, const at::Tensor& state,
+    at::ArrayRef<double> targets, const PairSelection& selection, const at::Tensor& state,
     const at::Tensor& sim = at::Tensor());
 
 // pair_stats_backward when the anchors and the candidates are the same rows (za = zc = z, same
@@ -38,8 +38,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
 // GEMM on a symmetrised dS instead of two GEMMs and a sum.
 at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at::Tensor& z,
                                          const at::Tensor& ids, at::IntArrayRef modes,
-                                         at::ArrayRef<double> targets, const Selection& sel,
-                                         const at::Tensor& state,
+                                         at::ArrayRef<double> targets,
+                                         const PairSelection& selection, const at::Tensor& state,
                                          const at::Tensor& sim = at::Tensor());
 
 }  // namespace hycon_ext::cpu

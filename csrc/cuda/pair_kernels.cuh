@@ -27,25 +27,25 @@ constexpr int64_t kChunkElements = int64_t(1) << 25;
 // The modes of one launch, passed by value to the kernels.
 template <typename T>
 struct ModeGroup {
-  int n;                          // modes in this group (<= kModesPerLaunch)
-  int64_t mode[kModesPerLaunch];  // INTRA / INTER / SAME_SAMPLE
-  T target[kModesPerLaunch];      // refinement target
-  bool sel_pos[kModesPerLaunch];  // positives selected and softmax-weighted
-  bool sel_neg[kModesPerLaunch];  // negatives selected and softmax-weighted
+  int n;                                   // modes in this group (<= kModesPerLaunch)
+  int64_t mode[kModesPerLaunch];           // INTRA / INTER / SAME_SAMPLE
+  T target[kModesPerLaunch];               // refinement target
+  bool select_positives[kModesPerLaunch];  // positives selected and softmax-weighted
+  bool select_negatives[kModesPerLaunch];  // negatives selected and softmax-weighted
 };
 
 // Builds the group of modes [first, first + n) of the op's mode list. Selection never applies
 // to SAME_SAMPLE (docs/design.md).
 template <typename T>
 ModeGroup<T> make_mode_group(at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t first,
-                             bool select_pos, bool select_neg) {
+                             bool select_positives, bool select_negatives) {
   ModeGroup<T> g{};
   g.n = static_cast<int>(std::min<int64_t>(kModesPerLaunch, modes.size() - first));
   for (int k = 0; k < g.n; ++k) {
     g.mode[k] = modes[first + k];
     g.target[k] = static_cast<T>(targets[first + k]);
-    g.sel_pos[k] = select_pos && g.mode[k] != SAME_SAMPLE;
-    g.sel_neg[k] = select_neg && g.mode[k] != SAME_SAMPLE;
+    g.select_positives[k] = select_positives && g.mode[k] != SAME_SAMPLE;
+    g.select_negatives[k] = select_negatives && g.mode[k] != SAME_SAMPLE;
   }
   return g;
 }

@@ -78,11 +78,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < g.n; ++k) {
       const int64_t mode = g.mode[k];
       const int n_pos = sizes[2 * k], n_neg = sizes[2 * k + 1];
-      if (g.sel_pos[k] && n_pos > 0 && threadIdx.x == 0) {
+      if (g.select_positives[k] && n_pos > 0 && threadIdx.x == 0) {
         // Rounded to the state dtype from double, as the CPU kernel does.
         thr[k].mp = T(1.0 / (double(min_pos[k]) + gamma));
       }
-      if (g.sel_pos[k] && n_pos > h) {
+      if (g.select_positives[k] && n_pos > h) {
         auto positive = [&](int64_t j, Key& key) {
           const T s = s_row[j];
           if (isnan(s) || classify(mode, a, load_candidate(c_cols, m, j)) != kPositive) {
@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads)
           thr[k].jp = T(index);
         }
       }
-      if (g.sel_neg[k] && n_neg > h) {
+      if (g.select_negatives[k] && n_neg > h) {
         // Descending similarity = ascending inverted key.
         auto negative = [&](int64_t j, Key& key) {
           const T s = s_row[j];
@@ -122,12 +122,12 @@ __global__ void __launch_bounds__(kThreads)
   // Pass 2: sums over the kept pairs of every mode. Only a selected side filters: the other
   // keeps every pair, a NaN one too (so the sums are NaN, as on the CPU).
   Threshold<T> t[K];
-  bool sel_pos[K], sel_neg[K];
+  bool select_positives[K], select_negatives[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     t[k] = thr[k];
-    sel_pos[k] = kSelect && k < g.n && g.sel_pos[k];
-    sel_neg[k] = kSelect && k < g.n && g.sel_neg[k];
+    select_positives[k] = kSelect && k < g.n && g.select_positives[k];
+    select_negatives[k] = kSelect && k < g.n && g.select_negatives[k];
   }
   // Per mode: pos_num, pos_norm, neg_num, neg_norm, refine_sum; positives, NaN flag.
   T acc[K * 5] = {};
@@ -143,10 +143,10 @@ __global__ void __launch_bounds__(kThreads)
       if (isnan(s)) counts[2 * k + 1] = 1;
       if (cls == kPositive) {
         ++counts[2 * k];
-        if (sel_pos[k] && !kept_positive(s, j, t[k].tp, t[k].jp)) continue;
+        if (select_positives[k] && !kept_positive(s, j, t[k].tp, t[k].jp)) continue;
         const T diff = s - g.target[k];
         acc[5 * k + 4] += diff * diff;
-        if (sel_pos[k]) {
+        if (select_positives[k]) {
           const T e = exp(T(1) / (s + T(gamma)) - t[k].mp);
           acc[5 * k] += s * e;
           acc[5 * k + 1] += e;
@@ -154,8 +154,8 @@ __global__ void __launch_bounds__(kThreads)
           acc[5 * k] += s;
         }
       } else {
-        if (sel_neg[k] && !kept_negative(s, j, t[k].tn, t[k].jn)) continue;
-        if (sel_neg[k]) {
+        if (select_negatives[k] && !kept_negative(s, j, t[k].tn, t[k].jn)) continue;
+        if (select_negatives[k]) {
           const T e = exp(s);
           acc[5 * k + 2] += s * e;
           acc[5 * k + 3] += e;
@@ -172,18 +172,19 @@ __global__ void __launch_bounds__(kThreads)
     const T nan = KeyTraits<T>::nan();
     for (int k = 0; k < g.n; ++k) {
       const T* v = acc + 5 * k;
-      T sum_p = sel_pos[k] ? v[1] : T(1), sum_n = sel_neg[k] ? v[3] : T(1), mp = t[k].mp;
+      T sum_p = select_positives[k] ? v[1] : T(1), sum_n = select_negatives[k] ? v[3] : T(1),
+        mp = t[k].mp;
       T* out = stats.at(row, k, kStatCols);
-      out[kPosSum] = sel_pos[k] ? (v[1] > 0 ? v[0] / v[1] : T(0)) : v[0];
-      out[kNegSum] = sel_neg[k] ? (v[3] > 0 ? v[2] / v[3] : T(0)) : v[2];
+      out[kPosSum] = select_positives[k] ? (v[1] > 0 ? v[0] / v[1] : T(0)) : v[0];
+      out[kNegSum] = select_negatives[k] ? (v[3] > 0 ? v[2] / v[3] : T(0)) : v[2];
       const int64_t n_pos = counts[2 * k];
-      out[kPosCount] = T(sel_pos[k] && n_pos > h ? h : n_pos);
+      out[kPosCount] = T(select_positives[k] && n_pos > h ? h : n_pos);
       out[kRefineSum] = v[4];
       if (counts[2 * k + 1] > 0) {
         // A NaN similarity among the row's pairs poisons its sums; pos_count stays a count.
         out[kPosSum] = out[kNegSum] = out[kRefineSum] = nan;
-        if (sel_pos[k]) mp = sum_p = nan;
-        if (sel_neg[k]) sum_n = nan;
+        if (select_positives[k]) mp = sum_p = nan;
+        if (select_negatives[k]) sum_n = nan;
       }
       if constexpr (kSelect) {
         T* st = state.at(row, k, kStateCols);
@@ -219,7 +220,7 @@ __global__ void __launch_bounds__(kThreads)
   T g_pos[K], g_neg[K], g_ref[K];
   Threshold<T> t[K];
   T sum_p[K], sum_n[K];
-  bool sel_pos[K], sel_neg[K];
+  bool select_positives[K], select_negatives[K];
   bool any_sel_neg = false;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -230,9 +231,9 @@ __global__ void __launch_bounds__(kThreads)
     g_ref[k] = on ? gr[kRefineSum] : T(0);
     t[k] = {inf, T(m), -inf, T(m), T(0)};
     sum_p[k] = sum_n[k] = T(1);
-    sel_pos[k] = kSelect && on && g.sel_pos[k];
-    sel_neg[k] = kSelect && on && g.sel_neg[k];
-    any_sel_neg = any_sel_neg || sel_neg[k];
+    select_positives[k] = kSelect && on && g.select_positives[k];
+    select_negatives[k] = kSelect && on && g.select_negatives[k];
+    any_sel_neg = any_sel_neg || select_negatives[k];
     if (kSelect && on) {
       const T* st = state.at(row, k, kStateCols);
       t[k] = {st[kStateTp], st[kStateJp], st[kStateTn], st[kStateJn], st[kStateMp]};
@@ -251,7 +252,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         if (k >= g.n) break;
-        if (sel_neg[k] && classify(g.mode[k], a, c) == kNegative &&
+        if (select_negatives[k] && classify(g.mode[k], a, c) == kNegative &&
             kept_negative(s, j, t[k].tn, t[k].jn)) {
           neg_sum[k] += s * exp(s);
         }
@@ -274,13 +275,14 @@ __global__ void __launch_bounds__(kThreads)
       if (k >= g.n) break;
       const int cls = classify(g.mode[k], a, c);
       if (cls == kPositive) {
-        if (sel_pos[k] && !kept_positive(s, j, t[k].tp, t[k].jp)) continue;
+        if (select_positives[k] && !kept_positive(s, j, t[k].tp, t[k].jp)) continue;
         // w_p is detached: d pos_sum / d s_j = w_j.
-        const T w = sel_pos[k] ? exp(T(1) / (s + gamma) - t[k].mp) / sum_p[k] : T(1);
+        const T w = select_positives[k] ? exp(T(1) / (s + gamma) - t[k].mp) / sum_p[k] : T(1);
         d += g_pos[k] * w + g_ref[k] * T(2) * (s - g.target[k]);
       } else if (cls == kNegative) {
-        if (sel_neg[k] && !kept_negative(s, j, t[k].tn, t[k].jn)) continue;
-        d += sel_neg[k] ? g_neg[k] * exp(s) / sum_n[k] * (T(1) + s - neg_sum[k]) : g_neg[k];
+        if (select_negatives[k] && !kept_negative(s, j, t[k].tn, t[k].jn)) continue;
+        d +=
+            select_negatives[k] ? g_neg[k] * exp(s) / sum_n[k] * (T(1) + s - neg_sum[k]) : g_neg[k];
       }
     }
     d_row[j] = accumulate ? d_row[j] + d : d;
@@ -293,8 +295,8 @@ __global__ void __launch_bounds__(kThreads)
 template <bool kSelect>
 std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
-    bool select_neg) {
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
+    bool select_positives, bool select_negatives) {
   const c10::cuda::CUDAGuard guard(za.device());
   const auto ct = compute_dtype(za.scalar_type());
   // Upcast once: float16 / bfloat16 rows are multiplied and reduced in float32.
@@ -311,7 +313,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
       const int64_t rows = std::min(chunk, n - r0);
       const at::Tensor sim = at::mm(za_c.narrow(0, r0, rows), zc_c.t()).contiguous();
       for (int64_t first = 0; first < n_modes; first += kModesPerLaunch) {
-        const auto group = make_mode_group<scalar_t>(modes, targets, first, select_pos, select_neg);
+        const auto group =
+            make_mode_group<scalar_t>(modes, targets, first, select_positives, select_negatives);
         RowTable<scalar_t> stats_rows{
             stats.data_ptr<scalar_t>() + (r0 * n_modes + first) * kStatCols, n_modes};
         RowTable<scalar_t> state_rows{
@@ -332,7 +335,7 @@ template <bool kSelect>
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
     const at::Tensor& state) {
   const c10::cuda::CUDAGuard guard(za.device());
   const auto ct = compute_dtype(za.scalar_type());
@@ -353,7 +356,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
       const at::Tensor sim = at::mm(za_rows, zc_c.t()).contiguous();
       at::Tensor dsim = at::empty_like(sim);
       for (int64_t first = 0; first < n_modes; first += kModesPerLaunch) {
-        const auto group = make_mode_group<scalar_t>(modes, targets, first, select_pos, select_neg);
+        const auto group =
+            make_mode_group<scalar_t>(modes, targets, first, select_positives, select_negatives);
         RowTable<const scalar_t> grad_rows{
             grad_c.data_ptr<scalar_t>() + (r0 * n_modes + first) * kStatCols, n_modes};
         RowTable<const scalar_t> state_rows{

@@ -9,23 +9,24 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_cuda(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma, bool select_pos,
-    bool select_neg) {
+    at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
+    bool select_positives, bool select_negatives) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
   check_selection_args(h, gamma);
   return cuda::pair_stats_forward</*kSelect=*/true>(za, zc, a_ids, c_ids, modes, targets, h, gamma,
-                                                    select_pos, select_neg);
+                                                    select_positives, select_negatives);
 }
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward_cuda(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, double gamma, bool select_pos, bool select_neg,
+    at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
     const at::Tensor& state) {
   check_hard_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
                                      state);
   return cuda::pair_stats_backward</*kSelect=*/true>(grad_stats, za, zc, a_ids, c_ids, modes,
-                                                     targets, gamma, select_pos, select_neg, state);
+                                                     targets, gamma, select_positives,
+                                                     select_negatives, state);
 }
 
 }  // namespace

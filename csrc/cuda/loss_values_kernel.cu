@@ -29,11 +29,11 @@ fused::LossWeights weights(double alpha, at::ArrayRef<double> lambdas, bool refi
 LossValuesOutputs loss_values_cuda(const at::Tensor& x_l, const at::Tensor& x_a,
                                    const at::Tensor& x_v, const at::Tensor& labels, double alpha,
                                    at::ArrayRef<double> lambdas, int64_t h, double gamma,
-                                   bool select_pos, bool select_neg, bool selection,
-                                   bool refinement) {
-  if (selection || !fused_requested()) {
-    return loss_values_generic(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_pos,
-                               select_neg, selection, refinement);
+                                   bool select_positives, bool select_negatives,
+                                   bool pair_selection, bool refinement) {
+  if (pair_selection || !fused_requested()) {
+    return loss_values_generic(x_l, x_a, x_v, labels, alpha, lambdas, h, gamma, select_positives,
+                               select_negatives, pair_selection, refinement);
   }
   check_loss_inputs(x_l, x_a, x_v, labels, lambdas);
   TORCH_CHECK(x_l.size(0) <= (int64_t(1) << 29),
@@ -46,15 +46,15 @@ LossValuesOutputs loss_values_cuda(const at::Tensor& x_l, const at::Tensor& x_a,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_cuda(
     const at::Tensor& grad_losses, const at::Tensor& labels, const at::Tensor& z, double alpha,
-    at::ArrayRef<double> lambdas, double gamma, bool select_pos, bool select_neg, bool selection,
-    bool refinement, const at::Tensor& terms, const at::Tensor& stats, const at::Tensor& state,
-    const at::Tensor& sim, at::ScalarType dtype) {
+    at::ArrayRef<double> lambdas, double gamma, bool select_positives, bool select_negatives,
+    bool pair_selection, bool refinement, const at::Tensor& terms, const at::Tensor& stats,
+    const at::Tensor& state, const at::Tensor& sim, at::ScalarType dtype) {
   const bool fits = z.dim() == 2 && z.size(1) <= cuda::fused_path::kMaxDim &&
                     cuda::fused_path::fused_dtypes_match(z.scalar_type(), dtype);
-  if (selection || !fits || !fused_requested()) {
-    return loss_values_backward_generic(grad_losses, labels, z, alpha, lambdas, gamma, select_pos,
-                                        select_neg, selection, refinement, terms, stats, state, sim,
-                                        dtype);
+  if (pair_selection || !fits || !fused_requested()) {
+    return loss_values_backward_generic(grad_losses, labels, z, alpha, lambdas, gamma,
+                                        select_positives, select_negatives, pair_selection,
+                                        refinement, terms, stats, state, sim, dtype);
   }
   check_loss_backward_args(grad_losses, labels, z, lambdas, terms, sim, dtype);
   check_row_table(stats, "stats", z, 3, kStatCols);
