@@ -55,6 +55,28 @@ def demo_bundle(tmp_path, demo_tokenizer):
     return make
 
 
+@pytest.fixture(scope="session")
+def mosi_flags():
+    """mosi_flags(data, out=None, lr="3e-3", batch_size="16") -> train/main.py flags of a tiny
+    MOSI run on the demo files in data, with the reference backend (the same run with or without
+    the built kernels).
+
+    lr=None leaves --lr at its default; out adds --out. The list ends with --backend reference
+    (then --out): callers may slice or extend it.
+    """
+
+    def flags(data, out=None, lr="3e-3", batch_size="16"):
+        argv = ["--dataset", "mosi", "--data-dir", str(data)]
+        if lr is not None:
+            argv += ["--lr", str(lr)]
+        argv += ["--batch-size", str(batch_size), "--backend", "reference"]
+        if out is not None:
+            argv += ["--out", str(out)]
+        return argv
+
+    return flags
+
+
 @pytest.fixture
 def write_pickle(tmp_path):
     """write_pickle(obj, relative_name) -> Path of obj pickled under tmp_path."""

@@ -148,29 +148,14 @@ def test_an_empty_split_names_the_file_and_the_split(monkeypatch, capsys, tmp_pa
 
 
 @pytest.mark.slow
-def test_results_are_written_before_a_failing_tsne(monkeypatch, capsys, tmp_path):
+def test_results_are_written_before_a_failing_tsne(monkeypatch, capsys, tmp_path, mosi_flags):
     data = tmp_path / "data"
     write_demo("mosi", data, n_train=32, n_valid=8, n_test=2, seq_len=8)  # t-SNE needs 3 samples
     out = tmp_path / "o"
     monkeypatch.setattr(
         sys,
         "argv",
-        [
-            "train/main.py",
-            "--dataset",
-            "mosi",
-            "--data-dir",
-            str(data),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--backend",
-            "reference",
-            "--tsne",
-            "--out",
-            str(out),
-        ],
+        ["train/main.py"] + mosi_flags(data, out=out, lr=None) + ["--epochs", "1", "--tsne"],
     )
     cli()  # returns: the run succeeded
     err = capsys.readouterr().err
@@ -223,7 +208,7 @@ def test_results_csv_json_and_printout_share_one_column_order(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
+def trained_run(tmp_path_factory, mosi_flags):
     """A finished two-epoch run on tiny MOSI demo data.
 
     Its value: (its flags without --out and --epochs, its out).
@@ -231,18 +216,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     data = root / "data"
     write_demo("mosi", data, **TINY)
-    flags = [
-        "--dataset",
-        "mosi",
-        "--data-dir",
-        str(data),
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "16",
-        "--backend",
-        "reference",
-    ]
+    flags = mosi_flags(data)
     main(flags + ["--epochs", "2", "--out", str(root / "out")])
     return flags, root / "out"
 

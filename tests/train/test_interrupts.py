@@ -50,23 +50,6 @@ def data(tmp_path_factory):
     return path
 
 
-def _flags(data, out):
-    return [
-        "--dataset",
-        "mosi",
-        "--data-dir",
-        str(data),
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "16",
-        "--backend",
-        "reference",
-        "--out",
-        str(out),
-    ]
-
-
 def _env():
     # the same number of threads as this process, so that the killed run computes bit for bit
     # what an uninterrupted run in this process computes
@@ -74,19 +57,19 @@ def _env():
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory):
+def uninterrupted(data, tmp_path_factory, mosi_flags):
     out = tmp_path_factory.mktemp("straight")
-    summary = main(_flags(data, out) + ["--epochs", "3"])
+    summary = main(mosi_flags(data, out) + ["--epochs", "3"])
     return summary, checkpoint.load(out / "seed1" / "last.pt")
 
 
 @pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_run(
-    data, tmp_path, uninterrupted
+    data, tmp_path, uninterrupted, mosi_flags
 ):
     out = tmp_path / "out"
     killed = subprocess.run(
-        [sys.executable, "-c", DIE_WHILE_SAVING, "0.5", *_flags(data, out), "--epochs", "3"],
+        [sys.executable, "-c", DIE_WHILE_SAVING, "0.5", *mosi_flags(data, out), "--epochs", "3"],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -100,7 +83,7 @@ def test_sigkill_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_
         checkpoint.load(seed_dir / "last.pt")["epoch"] == 1
     )  # the last complete checkpoint survived
 
-    resumed = main(_flags(data, out) + ["--epochs", "3", "--resume"])
+    resumed = main(mosi_flags(data, out) + ["--epochs", "3", "--resume"])
     summary, straight = uninterrupted
     last = checkpoint.load(seed_dir / "last.pt")
     assert last["epoch"] == 3 and last["best_epoch"] == straight["best_epoch"]
@@ -111,8 +94,8 @@ def test_sigkill_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_finished_epochs_and_says_how_to_resume(data, tmp_path):
-    flags = _flags(data, tmp_path / "out") + ["--epochs", "500"]
+def test_ctrl_c_keeps_finished_epochs_and_says_how_to_resume(data, tmp_path, mosi_flags):
+    flags = mosi_flags(data, tmp_path / "out") + ["--epochs", "500"]
     proc = subprocess.Popen(
         [sys.executable, "-u", "train/main.py", *flags],
         cwd=ROOT,

@@ -82,22 +82,9 @@ def test_mosi_learns_above_chance_and_writes_results(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, mosi_flags):
     data = _demo(tmp_path, "mosi", n_train=64, n_eval=32)
-    common = [
-        "--dataset",
-        "mosi",
-        "--data-dir",
-        str(data),
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "16",
-        "--backend",
-        "reference",
-        "--seeds",
-        "1,2",
-    ]
+    common = mosi_flags(data) + ["--seeds", "1,2"]
     straight = main(common + ["--out", str(tmp_path / "a"), "--epochs", "3"])
     main(common + ["--out", str(tmp_path / "b"), "--epochs", "2"])
     resumed = main(common + ["--out", str(tmp_path / "b"), "--epochs", "3", "--resume"])
@@ -112,27 +99,11 @@ def test_resume_continues_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_with_the_cross_batch_memory(tmp_path):
+def test_resume_continues_with_the_cross_batch_memory(tmp_path, mosi_flags):
     # The memory (60 samples > one epoch's 48: never wraps within an epoch) is in last.pt: a resumed
     # run pairs its first batch with the same memory as the uninterrupted run, so both end equal.
     data = _demo(tmp_path, "mosi", n_train=48, n_eval=16)
-    common = [
-        "--dataset",
-        "mosi",
-        "--data-dir",
-        str(data),
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "16",
-        "--backend",
-        "reference",
-        "--memory-size",
-        "60",
-        "--pair-selection",
-        "--dropout",
-        "0",
-    ]
+    common = mosi_flags(data) + ["--memory-size", "60", "--pair-selection", "--dropout", "0"]
     main(common + ["--out", str(tmp_path / "a"), "--epochs", "2"])
     main(common + ["--out", str(tmp_path / "b"), "--epochs", "1"])
     main(common + ["--out", str(tmp_path / "b"), "--epochs", "2", "--resume"])
@@ -178,25 +149,9 @@ def test_resume_continues_with_the_cross_batch_memory(tmp_path):
         ["--no-refinement", "--no-margin", "--no-iamcl", "--pair-selection", "--beta", "0.5"],
     ],
 )
-def test_flag_combinations_train(tmp_path, flags):
+def test_flag_combinations_train(tmp_path, mosi_flags, flags):
     data = _demo(tmp_path, "mosi", n_train=48, n_eval=16)
-    summary = main(
-        [
-            "--dataset",
-            "mosi",
-            "--data-dir",
-            str(data),
-            "--out",
-            str(tmp_path / "o"),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--backend",
-            "reference",
-        ]
-        + flags
-    )
+    summary = main(mosi_flags(data, out=tmp_path / "o", lr=None) + ["--epochs", "1"] + flags)
     assert np.isfinite(summary["mean"]["MAE"])
 
 
@@ -367,36 +322,14 @@ def test_every_documented_flag_exists():
 
 
 @pytest.mark.slow
-def test_bert_text_encoder_on_magbert_demo(tmp_path, tiny_bert_magbert):
+def test_bert_text_encoder_on_magbert_demo(tmp_path, tiny_bert_magbert, mosi_flags):
     import transformers
 
     summary = main(
-        [
-            "--dataset",
-            "mosi",
-            "--data-dir",
-            str(tiny_bert_magbert.data),
-            "--format",
-            "magbert",
-            "--text-encoder",
-            "bert",
-            "--pretrained",
-            str(tiny_bert_magbert.bert),
-            "--max-seq-len",
-            "12",
-            "--text-lr",
-            "1e-5",
-            "--lr",
-            "1e-3",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--backend",
-            "reference",
-            "--out",
-            str(tmp_path / "o"),
-        ]
+        mosi_flags(tiny_bert_magbert.data, out=tmp_path / "o", lr="1e-3")
+        + ["--format", "magbert", "--text-encoder", "bert"]
+        + ["--pretrained", str(tiny_bert_magbert.bert), "--max-seq-len", "12"]
+        + ["--text-lr", "1e-5", "--epochs", "1"]
     )
     assert summary["format"] == "magbert" and np.isfinite(summary["mean"]["MAE"])
     bert_params = sum(
@@ -412,26 +345,10 @@ REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 @pytest.mark.skipif(
     not (REAL / "mosi_utterance_2way.npz").exists(), reason="real MOSI utterance data not present"
 )
-def test_learns_on_real_mosi_utterances(tmp_path):
+def test_learns_on_real_mosi_utterances(tmp_path, mosi_flags):
     # an MLP over the concatenated modalities reaches about 80% test accuracy on this split
     summary = main(
-        [
-            "--dataset",
-            "mosi",
-            "--data-dir",
-            str(REAL),
-            "--format",
-            "poria",
-            "--lr",
-            "1e-3",
-            "--epochs",
-            "6",
-            "--batch-size",
-            "64",
-            "--backend",
-            "reference",
-            "--out",
-            str(tmp_path),
-        ]
+        mosi_flags(REAL, out=tmp_path, lr="1e-3", batch_size="64")
+        + ["--format", "poria", "--epochs", "6"]
     )
     assert summary["mean"]["Acc2"] > 0.72, summary["mean"]
