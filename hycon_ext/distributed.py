@@ -139,11 +139,6 @@ def hycon_loss_distributed(
     Gradients: see the module docstring (scale_for_ddp=True suits DistributedDataParallel).
     Outside an initialised process group it is hycon_loss.
     """
-    _check_inputs(x_l, x_a, x_v, labels)
-    # before any collective, so that bad options fail on every rank alike instead of hanging
-    check_options(
-        alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend, reduction=reduction
-    )
     options: dict[str, Any] = dict(
         alpha=alpha,
         beta=beta,
@@ -154,9 +149,15 @@ def hycon_loss_distributed(
         refinement=refinement,
         backend=backend,
     )
-    labels = labels.to(x_l.device)
     if not (dist.is_available() and dist.is_initialized()):
+        # hycon_loss validates the inputs and options itself
         return hycon_loss(x_l, x_a, x_v, labels, lambdas=lambdas, reduction=reduction, **options)
+    _check_inputs(x_l, x_a, x_v, labels)
+    # before any collective, so that bad options fail on every rank alike instead of hanging
+    check_options(
+        alpha=alpha, beta=beta, gamma=gamma, lambdas=lambdas, backend=backend, reduction=reduction
+    )
+    labels = labels.to(x_l.device)
     return loss_over_ranks(
         (x_l, x_a, x_v),
         labels,

@@ -56,6 +56,43 @@ def test_every_entry_point_refuses_out_of_range_options(options, match):
             hycon_terms(z, z, ids, ids, n_samples=4, backend="reference", **options)
 
 
+def test_the_distributed_loss_checks_its_options_once_outside_a_process_group(monkeypatch):
+    import hycon_ext.distributed
+    import hycon_ext.loss
+
+    assert not torch.distributed.is_initialized()
+    calls = []
+
+    def counting_check(**options):
+        calls.append(options)
+        check_options(**options)
+
+    monkeypatch.setattr(hycon_ext.loss, "check_options", counting_check)
+    monkeypatch.setattr(hycon_ext.distributed, "check_options", counting_check)
+    out = hycon_loss_distributed(*_batch(), backend="reference", alpha=0.5)
+    assert len(calls) == 1 and calls[0]["alpha"] == 0.5, calls
+    expected = hycon_loss(*_batch(), backend="reference", alpha=0.5)
+    assert torch.equal(out.total, expected.total)
+
+
+@pytest.mark.parametrize("options, match", BAD)
+def test_the_distributed_loss_refuses_bad_options_before_any_collective(
+    monkeypatch, options, match
+):
+    # A process group as the loss sees it, whose every collective or group query fails the test:
+    # the options must be refused before the first one.
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+
+    def collective(*args, **kwargs):
+        raise AssertionError("a collective ran before the option check")
+
+    for name in ("all_gather", "all_reduce", "get_world_size", "get_rank"):
+        monkeypatch.setattr(dist, name, collective)
+    with pytest.raises(ValueError, match=match):
+        hycon_loss_distributed(*_batch(), backend="reference", **options)
+
+
 @pytest.mark.parametrize(
     "options",
     [
