@@ -284,14 +284,12 @@ void relation_sums(const scalar_t* s_row, int64_t m, const int64_t* a, const int
   }
 }
 
+// Forward, step 1: each selected side's candidates, compacted without branches: every pair is
+// written to both of its mode's buffers and kept where it belongs (NaN has no order: it never
+// enters a selection).
 template <typename scalar_t>
-void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
-                 const CandidateColumns* cols, const Plan& plan, const PairSelection& selection,
-                 scalar_t* stats, scalar_t* state, RowScratch<scalar_t>& r) {
-  relation_sums(s_row, m, a, c_ids, cols, /*need_rel=*/!plan.sides.empty(), r);
-  // Each selected side's candidates, compacted without branches: every pair is written to
-  // both of its mode's buffers and kept where it belongs (NaN has no order: it never enters
-  // a selection).
+void gather_candidates(const scalar_t* s_row, int64_t m, const int64_t* a,
+                       const CandidateColumns* cols, const Plan& plan, RowScratch<scalar_t>& r) {
   for (const auto& mc : plan.cfg) {
     if (!mc.select_positives && !mc.select_negatives) continue;
     Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
@@ -311,114 +309,147 @@ void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64
     r.n_candidates[mc.pos_slot] = np;
     r.n_candidates[mc.neg_slot] = nq;
   }
-  const double* sum = r.sum;
-  const double* sq = r.sq;
-  const int64_t* count = r.count;
+}
 
-  const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
-  const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+// One mode's stats of one anchor row, and its selection state (design.md's state columns; the
+// defaults are those of a side that keeps all its pairs).
+template <typename scalar_t>
+struct ModeRow {
+  double pos_sum = 0, neg_sum = 0, refine = 0;
+  double nan_probe = 0;  // sum of every similarity the mode looks at: NaN iff one of them is
+  int64_t n_pos = 0, pos_count = 0;
+  scalar_t t_p = std::numeric_limits<scalar_t>::infinity(), j_p = 0;
+  scalar_t t_n = -std::numeric_limits<scalar_t>::infinity(), j_n = 0;
+  scalar_t m_p = 0, sum_p = 1, sum_n = 1;
+};
+
+// Forward, step 2: the sums of the sides without selection, from the row's relation sums.
+template <typename scalar_t>
+ModeRow<scalar_t> unselected_sums(const Plan::ModeCfg& mc, const RowScratch<scalar_t>& r,
+                                  int64_t m) {
+  ModeRow<scalar_t> row;
+  row.j_p = row.j_n = static_cast<scalar_t>(m);
+  const double t = mc.target;
+  for (int rel = 0; rel < kRelations; ++rel) {
+    if (mc.kind[rel] == kIgnored) continue;
+    row.nan_probe += r.sum[rel];
+    if (mc.kind[rel] == kPositive) {
+      row.n_pos += r.count[rel];
+      if (!mc.select_positives) {
+        row.pos_sum += r.sum[rel];
+        row.refine += r.sq[rel] - 2 * t * r.sum[rel] + t * t * r.count[rel];  // sum (s - t)^2
+      }
+    } else if (!mc.select_negatives) {
+      row.neg_sum += r.sum[rel];
+    }
+  }
+  row.pos_count = row.n_pos;
+  return row;
+}
+
+// Forward, step 3: the h hardest positives (lowest s), weighted by the detached
+// softmax(1/(s + gamma)); the refinement term stays unweighted.
+template <typename scalar_t>
+void add_selected_positives(const Plan::ModeCfg& mc, const PairSelection& selection,
+                            RowScratch<scalar_t>& r, ModeRow<scalar_t>& row) {
+  Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
+  int64_t kept = r.n_candidates[mc.pos_slot];
+  if (kept > selection.h) {
+    select_first(p, kept, selection.h, PosBefore{});
+    kept = selection.h;
+    row.t_p = p[kept - 1].s;
+    row.j_p = static_cast<scalar_t>(p[kept - 1].j);
+  }
+  row.pos_count = std::min(selection.h, row.n_pos);
+  double z = 0, weighted = 0;
+  if (kept > 0) {
+    scalar_t s_min = p[0].s;
+    for (int64_t i = 1; i < kept; ++i) s_min = std::min(s_min, p[i].s);
+    // Rounded to the state dtype first: the backward sees the same shift.
+    row.m_p = static_cast<scalar_t>(1.0 / (static_cast<double>(s_min) + selection.gamma));
+    for (int64_t i = 0; i < kept; ++i) {
+      const double s = p[i].s;
+      const double e = std::exp(1.0 / (s + selection.gamma) - static_cast<double>(row.m_p));
+      z += e;
+      weighted += s * e;
+      row.refine += (s - mc.target) * (s - mc.target);
+    }
+    row.pos_sum = weighted / z;
+  }
+  row.sum_p = static_cast<scalar_t>(z);
+}
+
+// Forward, step 4: the h hardest negatives (highest s), weighted by softmax(s).
+template <typename scalar_t>
+void add_selected_negatives(const Plan::ModeCfg& mc, const PairSelection& selection,
+                            RowScratch<scalar_t>& r, ModeRow<scalar_t>& row) {
+  Candidate<scalar_t>* q = r.candidates[mc.neg_slot].data();
+  int64_t kept = r.n_candidates[mc.neg_slot];
+  if (kept > selection.h) {
+    select_first(q, kept, selection.h, NegBefore{});
+    kept = selection.h;
+    row.t_n = q[kept - 1].s;
+    row.j_n = static_cast<scalar_t>(q[kept - 1].j);
+  }
+  double z = 0, weighted = 0;
+  for (int64_t i = 0; i < kept; ++i) {
+    const double s = q[i].s;
+    const double e = std::exp(s);
+    z += e;
+    weighted += s * e;
+  }
+  if (kept > 0) row.neg_sum = weighted / z;
+  row.sum_n = static_cast<scalar_t>(z);
+}
+
+// Forward, step 5: the mode's stats and state, with the NaN rule.
+template <typename scalar_t>
+void write_mode_row(const Plan::ModeCfg& mc, ModeRow<scalar_t> row, scalar_t* st, scalar_t* sv) {
+  st[kPosSum] = static_cast<scalar_t>(row.pos_sum);
+  st[kNegSum] = static_cast<scalar_t>(row.neg_sum);
+  st[kPosCount] = static_cast<scalar_t>(row.pos_count);
+  st[kRefineSum] = static_cast<scalar_t>(row.refine);
+  if (std::isnan(row.nan_probe)) {
+    // A NaN similarity among the row's pairs poisons its sums (pos_count stays a count,
+    // so the loss keeps the anchor and propagates the NaN).
+    const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+    st[kPosSum] = st[kNegSum] = st[kRefineSum] = nan;
+    if (mc.select_positives) row.m_p = row.sum_p = nan;
+    if (mc.select_negatives) row.sum_n = nan;
+  }
+  if (sv == nullptr) return;
+  sv[kStateTp] = row.t_p;
+  sv[kStateJp] = row.j_p;
+  sv[kStateTn] = row.t_n;
+  sv[kStateJn] = row.j_n;
+  sv[kStateMp] = row.m_p;
+  sv[kStateSumP] = row.sum_p;
+  sv[kStateSumN] = row.sum_n;
+}
+
+// One anchor row's stats (n_modes, kStatCols) and, with selection, state (n_modes, kStateCols).
+template <typename scalar_t>
+void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
+                 const CandidateColumns* cols, const Plan& plan, const PairSelection& selection,
+                 scalar_t* stats, scalar_t* state, RowScratch<scalar_t>& r) {
+  relation_sums(s_row, m, a, c_ids, cols, /*need_rel=*/!plan.sides.empty(), r);
+  gather_candidates(s_row, m, a, cols, plan, r);
   for (size_t k = 0; k < plan.cfg.size(); ++k) {
     const auto& mc = plan.cfg[k];
-    const double t = mc.target;
-    double pos_sum = 0, neg_sum = 0, refine = 0, nan_probe = 0;
-    int64_t n_pos = 0;
-    for (int rel = 0; rel < kRelations; ++rel) {
-      if (mc.kind[rel] == kIgnored) continue;
-      nan_probe += sum[rel];
-      if (mc.kind[rel] == kPositive) {
-        n_pos += count[rel];
-        if (!mc.select_positives) {
-          pos_sum += sum[rel];
-          refine += sq[rel] - 2 * t * sum[rel] + t * t * count[rel];  // sum (s - t)^2
-        }
-      } else if (!mc.select_negatives) {
-        neg_sum += sum[rel];
-      }
-    }
-
-    scalar_t t_p = inf, j_p = static_cast<scalar_t>(m), t_n = -inf, j_n = static_cast<scalar_t>(m),
-             m_p = 0, sum_p = 1, sum_n = 1;
-    int64_t pos_count = n_pos;
-    if (mc.select_positives) {
-      Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
-      int64_t kept = r.n_candidates[mc.pos_slot];
-      if (kept > selection.h) {
-        select_first(p, kept, selection.h, PosBefore{});
-        kept = selection.h;
-        t_p = p[kept - 1].s;
-        j_p = static_cast<scalar_t>(p[kept - 1].j);
-      }
-      pos_count = std::min(selection.h, n_pos);
-      double z = 0;
-      if (kept > 0) {
-        scalar_t s_min = p[0].s;
-        for (int64_t i = 1; i < kept; ++i) s_min = std::min(s_min, p[i].s);
-        // Rounded to the state dtype first: the backward sees the same shift.
-        m_p = static_cast<scalar_t>(1.0 / (static_cast<double>(s_min) + selection.gamma));
-        for (int64_t i = 0; i < kept; ++i) {
-          const double s = p[i].s;
-          const double e = std::exp(1.0 / (s + selection.gamma) - static_cast<double>(m_p));
-          z += e;
-          pos_sum += s * e;
-          refine += (s - t) * (s - t);
-        }
-        pos_sum /= z;
-      }
-      sum_p = static_cast<scalar_t>(z);
-    }
-    if (mc.select_negatives) {
-      Candidate<scalar_t>* q = r.candidates[mc.neg_slot].data();
-      int64_t kept = r.n_candidates[mc.neg_slot];
-      if (kept > selection.h) {
-        select_first(q, kept, selection.h, NegBefore{});
-        kept = selection.h;
-        t_n = q[kept - 1].s;
-        j_n = static_cast<scalar_t>(q[kept - 1].j);
-      }
-      double z = 0;
-      for (int64_t i = 0; i < kept; ++i) {
-        const double s = q[i].s;
-        const double e = std::exp(s);
-        z += e;
-        neg_sum += s * e;
-      }
-      if (kept > 0) neg_sum /= z;
-      sum_n = static_cast<scalar_t>(z);
-    }
-
-    scalar_t* st = stats + k * kStatCols;
-    st[kPosSum] = static_cast<scalar_t>(pos_sum);
-    st[kNegSum] = static_cast<scalar_t>(neg_sum);
-    st[kPosCount] = static_cast<scalar_t>(pos_count);
-    st[kRefineSum] = static_cast<scalar_t>(refine);
-    if (std::isnan(nan_probe)) {
-      // A NaN similarity among the row's pairs poisons its sums (pos_count stays a count,
-      // so the loss keeps the anchor and propagates the NaN).
-      st[kPosSum] = st[kNegSum] = st[kRefineSum] = nan;
-      if (mc.select_positives) m_p = sum_p = nan;
-      if (mc.select_negatives) sum_n = nan;
-    }
-    if (state != nullptr) {
-      scalar_t* sv = state + k * kStateCols;
-      sv[kStateTp] = t_p;
-      sv[kStateJp] = j_p;
-      sv[kStateTn] = t_n;
-      sv[kStateJn] = j_n;
-      sv[kStateMp] = m_p;
-      sv[kStateSumP] = sum_p;
-      sv[kStateSumN] = sum_n;
-    }
+    ModeRow<scalar_t> row = unselected_sums(mc, r, m);
+    if (mc.select_positives) add_selected_positives(mc, selection, r, row);
+    if (mc.select_negatives) add_selected_negatives(mc, selection, r, row);
+    write_mode_row(mc, row, stats + k * kStatCols,
+                   state != nullptr ? state + k * kStateCols : nullptr);
   }
 }
 
-// Writes the row's dL/dS to d_row (which may be s_row itself).
+// Backward, step 1: pairs outside every selection have dL/ds = lin[rel] + slope[rel] * s (from
+// pos_sum, neg_sum and the refinement term), the same for every pair of a relation.
 template <typename scalar_t>
-void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64_t* a,
-                  const int64_t* c_ids, const CandidateColumns* cols, const Plan& plan,
-                  const PairSelection& selection, const scalar_t* grad, const scalar_t* state,
-                  RowScratch<scalar_t>& r) {
-  // Unselected pairs: dL/ds = lin[rel] + slope[rel] * s (pos_sum, neg_sum, refine terms).
-  double lin[kRelations] = {}, slope[kRelations] = {};
+void unselected_coefficients(const Plan& plan, const scalar_t* grad, double* lin, double* slope) {
+  std::fill(lin, lin + kRelations, 0.0);
+  std::fill(slope, slope + kRelations, 0.0);
   for (size_t k = 0; k < plan.cfg.size(); ++k) {
     const auto& mc = plan.cfg[k];
     const scalar_t* g = grad + k * kStatCols;
@@ -432,11 +463,16 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
       }
     }
   }
-  // slope is 0 for negatives: their gradient stays finite at a NaN similarity.
-  bool sloped[kRelations];
-  for (int rel = 0; rel < kRelations; ++rel) sloped[rel] = slope[rel] != 0;
+}
+
+// Backward, step 2 without selection: d_row[j] = lin + slope * s by relation. For float with
+// columns, by the vectorised case loops of row_vectors.h, one modality run at a time.
+template <typename scalar_t>
+void linear_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64_t* a,
+                const int64_t* c_ids, const CandidateColumns* cols, const double* lin,
+                const double* slope, const bool* sloped) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (plan.sides.empty() && cols != nullptr) {
+    if (cols != nullptr) {
       for (const auto& run : cols->runs) {
         const bool same_modality = run.modality == a[kDescModality];
         float lin_c[kCases], slope_c[kCases];
@@ -454,25 +490,18 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
       return;
     }
   }
-  if (plan.sides.empty()) {
-    for (int64_t j = 0; j < m; ++j) {
-      const int rel = relation(a, c_ids + j * kDescCols);
-      const double p = slope[rel] * static_cast<double>(s_row[j]);
-      d_row[j] = static_cast<scalar_t>(lin[rel] + (sloped[rel] ? p : 0.0));
-    }
-    return;
-  }
-
-  // With selection the kept pairs of each side add more: keep the similarities for the
-  // kept-pair tests and sum each gradient in double before rounding it once.
-  row_relations(a, c_ids, cols, m, r.rel.data());
   for (int64_t j = 0; j < m; ++j) {
-    const int rel = r.rel[j];
+    const int rel = relation(a, c_ids + j * kDescCols);
     const double p = slope[rel] * static_cast<double>(s_row[j]);
-    r.sim[j] = s_row[j];
-    r.grad[j] = lin[rel] + (sloped[rel] ? p : 0.0);
+    d_row[j] = static_cast<scalar_t>(lin[rel] + (sloped[rel] ? p : 0.0));
   }
-  // Each selected side's kept pairs (design.md thresholds), compacted as in the forward.
+}
+
+// Backward with selection, step 2: each selected side's kept pairs (design.md thresholds, from
+// the forward's state), compacted as in the forward.
+template <typename scalar_t>
+void gather_kept(int64_t m, const int64_t* a, const CandidateColumns* cols, const Plan& plan,
+                 const scalar_t* state, RowScratch<scalar_t>& r) {
   for (size_t k = 0; k < plan.cfg.size(); ++k) {
     const auto& mc = plan.cfg[k];
     if (!mc.select_positives && !mc.select_negatives) continue;
@@ -499,6 +528,68 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
     r.n_kept[mc.pos_slot] = np;
     r.n_kept[mc.neg_slot] = nq;
   }
+}
+
+// Backward with selection, step 3: the kept positives' gradients (w_p is detached; the
+// refinement term is unweighted).
+template <typename scalar_t>
+void add_positive_side_grad(const int64_t* kept, int64_t n, double target, double gamma,
+                            const scalar_t* sv, const scalar_t* g, RowScratch<scalar_t>& r) {
+  const double m_p = sv[kStateMp], sum_p = sv[kStateSumP];
+  const double g_pos = g[kPosSum], g_ref = g[kRefineSum];
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = kept[i];
+    const double s = r.sim[j];
+    const double w = std::exp(1.0 / (s + gamma) - m_p) / sum_p;
+    r.grad[j] += g_pos * w + 2.0 * g_ref * (s - target);
+  }
+}
+
+// Backward with selection, step 4: the kept negatives' gradients,
+// d/ds_j sum_n s_n softmax(s)_n = w_j (1 + s_j - neg_sum).
+template <typename scalar_t>
+void add_negative_side_grad(const int64_t* kept, int64_t n, const scalar_t* sv, const scalar_t* g,
+                            RowScratch<scalar_t>& r) {
+  const double sum_n = sv[kStateSumN], g_neg = g[kNegSum];
+  double neg_mean = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double s = r.sim[kept[i]];
+    neg_mean += s * std::exp(s);
+  }
+  neg_mean /= sum_n;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = kept[i];
+    const double s = r.sim[j];
+    const double w = std::exp(s) / sum_n;
+    r.grad[j] += g_neg * w * (1.0 + s - neg_mean);
+  }
+}
+
+// Writes the row's dL/dS to d_row (which may be s_row itself).
+template <typename scalar_t>
+void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64_t* a,
+                  const int64_t* c_ids, const CandidateColumns* cols, const Plan& plan,
+                  const PairSelection& selection, const scalar_t* grad, const scalar_t* state,
+                  RowScratch<scalar_t>& r) {
+  double lin[kRelations], slope[kRelations];
+  unselected_coefficients(plan, grad, lin, slope);
+  // slope is 0 for negatives: their gradient stays finite at a NaN similarity.
+  bool sloped[kRelations];
+  for (int rel = 0; rel < kRelations; ++rel) sloped[rel] = slope[rel] != 0;
+  if (plan.sides.empty()) {
+    linear_row(s_row, d_row, m, a, c_ids, cols, lin, slope, sloped);
+    return;
+  }
+  // With selection the kept pairs of each side add more: keep the similarities for the
+  // kept-pair tests and sum each gradient in double before rounding it once.
+  row_relations(a, c_ids, cols, m, r.rel.data());
+  for (int64_t j = 0; j < m; ++j) {
+    const int rel = r.rel[j];
+    const double p = slope[rel] * static_cast<double>(s_row[j]);
+    r.sim[j] = s_row[j];
+    r.grad[j] = lin[rel] + (sloped[rel] ? p : 0.0);
+  }
+  gather_kept(m, a, cols, plan, state, r);
   for (size_t side_index = 0; side_index < plan.sides.size(); ++side_index) {
     const auto& side = plan.sides[side_index];
     const scalar_t* sv = state + side.mode * kStateCols;
@@ -506,31 +597,9 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
     const int64_t* kept = r.kept[side_index].data();
     const int64_t n = r.n_kept[side_index];
     if (side.positive) {
-      const double m_p = sv[kStateMp], sum_p = sv[kStateSumP];
-      const double g_pos = g[kPosSum], g_ref = g[kRefineSum];
-      const double target = plan.cfg[side.mode].target;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t j = kept[i];
-        const double s = r.sim[j];
-        const double w = std::exp(1.0 / (s + selection.gamma) - m_p) / sum_p;
-        // w_p is detached; the refinement term is unweighted.
-        r.grad[j] += g_pos * w + 2.0 * g_ref * (s - target);
-      }
+      add_positive_side_grad(kept, n, plan.cfg[side.mode].target, selection.gamma, sv, g, r);
     } else {
-      // d/ds_j sum_n s_n softmax(s)_n = w_j (1 + s_j - neg_sum).
-      const double sum_n = sv[kStateSumN], g_neg = g[kNegSum];
-      double neg_mean = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double s = r.sim[kept[i]];
-        neg_mean += s * std::exp(s);
-      }
-      neg_mean /= sum_n;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t j = kept[i];
-        const double s = r.sim[j];
-        const double w = std::exp(s) / sum_n;
-        r.grad[j] += g_neg * w * (1.0 + s - neg_mean);
-      }
+      add_negative_side_grad(kept, n, sv, g, r);
     }
   }
   for (int64_t j = 0; j < m; ++j) d_row[j] = static_cast<scalar_t>(r.grad[j]);
