@@ -56,6 +56,7 @@ def check_args(args):
         raise ValueError(f"--{err}") from None
     seed_list(args)
     check_device(args.device)
+    check_backend(args)
     if args.text_encoder != "transformer" and args.pretrained:
         check_pretrained(args.pretrained)
 
@@ -118,6 +119,35 @@ def check_device(text):
         device.index is None or device.index < count,
         f"--device {text}: expected a GPU index below {count} (the GPUs visible here)",
     )
+
+
+def check_backend(args):
+    """--backend ext: the hycon_ext kernels built for the device the run trains on.
+
+    Without them the loss would raise at the first batch, after the data is loaded. A run
+    without a contrastive loss never calls hycon_ext, so it needs no kernels.
+    """
+    if args.backend != "ext" or args.no_contrastive:
+        return
+    # the device main._device and distributed.init_from_env pick (--device is valid here)
+    use_cuda = args.device != "cpu" and (args.device != "auto" or torch.cuda.is_available())
+    device_type = "cuda" if use_cuda else "cpu"
+    try:
+        from hycon_ext import ops
+    except ImportError as err:
+        load_error = err
+    else:
+        if ops.is_available(device_type):
+            return
+        load_error = ops._LOAD_ERROR
+    fix = "build the extension with `make setup`, or use --backend reference"
+    if load_error is not None:
+        reason = (str(load_error).splitlines() or [type(load_error).__name__])[0]
+        raise ValueError(
+            f"--backend ext: the hycon_ext C++ extension is not built or does not load "
+            f"({reason}); {fix}"
+        )
+    raise ValueError(f"--backend ext: the hycon_ext kernels are not built for {device_type}; {fix}")
 
 
 def check_pretrained(name):

@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from train import checkpoint
+from train.checks import check_args
 from train.data import write_demo
-from train.main import cli, format_table, main, ordered_metrics, summarise, write_results
+from train.main import (
+    build_parser,
+    cli,
+    format_table,
+    main,
+    ordered_metrics,
+    summarise,
+    write_results,
+)
 from train.metrics import emotion_columns
 
 TINY = dict(n_train=48, n_valid=16, n_test=16, seq_len=8)
@@ -102,6 +111,65 @@ def test_a_missing_gpu_is_refused(monkeypatch, capsys, tmp_path):
         ["--dataset", "mosi", "--demo", "--device", "cuda:1", "--out", str(tmp_path)],
     )
     assert_one_line_error(code, err, "--device cuda:1: no CUDA GPU is visible")
+
+
+def _hide_the_extension(monkeypatch):
+    """What hycon_ext.ops reports when hycon_ext._C is not built (the real build is untouched)."""
+    from hycon_ext import ops
+
+    monkeypatch.setattr(ops, "_LOAD_ERROR", ImportError("No module named 'hycon_ext._C'"))
+
+
+def test_backend_ext_without_the_built_extension_is_refused(monkeypatch, capsys, tmp_path):
+    _hide_the_extension(monkeypatch)
+    out = tmp_path / "out"
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        ["--dataset", "mosi", "--demo", "--backend", "ext", "--device", "cpu", "--out", str(out)],
+    )
+    assert_one_line_error(
+        code,
+        err,
+        "--backend ext: the hycon_ext C++ extension is not built or does not load",
+        "No module named 'hycon_ext._C'",
+        "`make setup`",
+        "--backend reference",
+    )
+    assert not out.exists()  # refused before any work
+
+
+def test_backend_ext_without_kernels_for_the_gpu_is_refused(monkeypatch, capsys, tmp_path):
+    from hycon_ext import ops
+
+    # a CUDA machine whose extension was built with the CPU kernels only
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(
+        ops, "is_available", lambda device="cpu": torch.device(device).type == "cpu"
+    )
+    out = tmp_path / "out"
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        ["--dataset", "mosi", "--demo", "--backend", "ext", "--device", "cuda", "--out", str(out)],
+    )
+    assert_one_line_error(
+        code,
+        err,
+        "--backend ext: the hycon_ext kernels are not built for cuda",
+        "`make setup`",
+        "--backend reference",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags", [["--backend", "auto"], ["--backend", "ext", "--no-contrastive"]])
+def test_runs_that_need_no_kernels_pass_the_backend_check(monkeypatch, flags):
+    _hide_the_extension(monkeypatch)
+    args = build_parser().parse_args(["--dataset", "mosi", "--demo", "--device", "cpu"] + flags)
+    check_args(args)  # auto falls back to the reference; --no-contrastive never calls hycon_ext
 
 
 def test_a_pretrained_name_missing_from_the_cache_is_one_line(monkeypatch, capsys, tmp_path):
