@@ -1,6 +1,8 @@
 """The public loss API (hycon_loss, HyConLoss, hycon_terms) against the float64 oracle."""
 
 import math
+import subprocess
+import sys
 import types
 import warnings
 
@@ -171,6 +173,25 @@ def test_compiled_ext_loss_matches_eager(ext_ops, make_batch):
         (grad,) = torch.autograd.grad(out.total, x_a)
         (eager_grad,) = torch.autograd.grad(eager.total, x_a)
         torch.testing.assert_close(grad, eager_grad)
+
+
+def test_the_backend_probe_carries_the_mark_of_assume_constant_result():
+    # loss.py sets the decorator's mark itself, so that importing hycon_ext leaves torch._dynamo
+    # unloaded; a torch that marks differently must show up here
+    def probe(device_type):
+        return True
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert vars(marked), "assume_constant_result no longer marks the function itself"
+    for name, value in vars(marked).items():
+        assert getattr(loss._ext_available, name, None) == value, name
+
+
+def test_importing_hycon_ext_does_not_import_torch_dynamo():
+    code = "import sys, hycon_ext; print('torch._dynamo' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
 
 
 def _fake_ops(available, calls):

@@ -20,7 +20,6 @@ Acc7/Acc5 use np.round (round half to even) after clipping to [-3, 3] / [-2, 2].
 """
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 CONVENTIONS = {
     "mult": "MulT: all samples; Acc2/F1 non0 (>0 vs <0, zero labels dropped), "
@@ -55,6 +54,8 @@ def _binary(preds, truth, *, swap_f1):
     """Accuracy and weighted F1 of two boolean arrays (swap_f1: MulT's f1_score(preds, truth))."""
     if len(truth) == 0:
         return float("nan"), float("nan")
+    from sklearn.metrics import accuracy_score, f1_score  # here: --help needs no sklearn
+
     acc = accuracy_score(truth, preds)
     f1 = (
         f1_score(preds, truth, average="weighted")
@@ -110,6 +111,8 @@ def emotion_metrics(pred_classes, labels, names):
             f"pred_classes and labels: expected two (N, {len(names)}) arrays, "
             f"got {preds.shape} and {truth.shape}"
         )
+    from sklearn.metrics import accuracy_score, f1_score  # here: --help needs no sklearn
+
     out = {}
     for e, name in enumerate(names):
         out[f"{name}_Acc"] = float(accuracy_score(truth[:, e], preds[:, e]))

@@ -2,9 +2,12 @@
 on stderr that names it (no traceback), and saves its results before optional extras."""
 
 import json
+import os
 import pickle
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,6 +114,36 @@ def test_a_missing_gpu_is_refused(monkeypatch, capsys, tmp_path):
         ["--dataset", "mosi", "--demo", "--device", "cuda:1", "--out", str(tmp_path)],
     )
     assert_one_line_error(code, err, "--device cuda:1: no CUDA GPU is visible")
+
+
+# train/main.py run as a script in a fresh interpreter; prints its exit status and which heavy
+# modules it imported (torch._dynamo, sklearn: needed only to compile or score, not to parse).
+HEAVY_IMPORTS = """
+import sys
+from train.main import cli
+
+sys.argv = ["train/main.py"] + sys.argv[1:]
+try:
+    cli()
+except SystemExit as stop:
+    print(stop.code, [m for m in ("torch._dynamo", "sklearn") if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, code", [(["--help"], 0), (["--dataset", "mosi", "--demo", "--lr", "-1"], 2)]
+)
+def test_help_and_flag_errors_import_neither_dynamo_nor_sklearn(argv, code):
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", HEAVY_IMPORTS, *argv],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.stdout.splitlines()[-1] == f"{code} []", (run.stdout[-500:], run.stderr)
 
 
 def _hide_the_extension(monkeypatch):
