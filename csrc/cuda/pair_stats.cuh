@@ -28,110 +28,105 @@ struct Threshold {
   T tp, jp, tn, jn, mp;
 };
 
-template <typename T, bool kSelect>
-__global__ void __launch_bounds__(kThreads)
-    pair_stats_kernel(const T* __restrict__ sim, int64_t m, const int64_t* __restrict__ a_ids,
-                      const int64_t* __restrict__ c_cols, ModeGroup<T> g, int64_t h, double gamma,
-                      RowTable<T> stats, RowTable<T> state) {
-  using Key = typename KeyTraits<T>::Key;
+__device__ __forceinline__ Candidate load_anchor(const int64_t* __restrict__ a_ids, int64_t row) {
+  return {a_ids[row * 3 + kDescClass], a_ids[row * 3 + kDescModality],
+          a_ids[row * 3 + kDescSample]};
+}
+
+// Forward with selection, pass 1: per mode, the sizes of the selectable (non-NaN) positive and
+// negative sets and the smallest positive similarity, reduced over the block.
+template <typename T>
+__device__ __forceinline__ void selectable_sets(const T* __restrict__ s_row, int64_t m,
+                                                const Candidate& a,
+                                                const int64_t* __restrict__ c_cols,
+                                                const ModeGroup<T>& g,
+                                                int (&sizes)[2 * kModesPerLaunch],
+                                                T (&min_pos)[kModesPerLaunch], T* red, int* ired) {
   constexpr int K = kModesPerLaunch;
-  __shared__ T red[kWarps * K * 5];
-  __shared__ int ired[kWarps * K * 2];
-  __shared__ Threshold<T> thr[K];
-  __shared__ SelectScratch scratch;
-
-  const int64_t row = blockIdx.x;
-  const T* __restrict__ s_row = sim + row * m;
-  const Candidate a{a_ids[row * 3 + kDescClass], a_ids[row * 3 + kDescModality],
-                    a_ids[row * 3 + kDescSample]};
-  const T inf = KeyTraits<T>::inf();
-
-  if (threadIdx.x < K) thr[threadIdx.x] = {inf, T(m), -inf, T(m), T(0)};
-  __syncthreads();
-
-  if constexpr (kSelect) {
-    // Pass 1: sizes of the selectable (non-NaN) sets per mode and the smallest positive.
-    int sizes[2 * K] = {};
-    T min_pos[K];
 #pragma unroll
-    for (int k = 0; k < K; ++k) min_pos[k] = inf;
-    for (int64_t j = threadIdx.x; j < m; j += kThreads) {
-      const T s = s_row[j];
-      if (isnan(s)) continue;
-      const Candidate c = load_candidate(c_cols, m, j);
+  for (int k = 0; k < K; ++k) min_pos[k] = KeyTraits<T>::inf();
+  for (int64_t j = threadIdx.x; j < m; j += kThreads) {
+    const T s = s_row[j];
+    if (isnan(s)) continue;
+    const Candidate c = load_candidate(c_cols, m, j);
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        if (k >= g.n) break;
-        const int cls = classify(g.mode[k], a, c);
-        if (cls == kPositive) {
-          ++sizes[2 * k];
-          min_pos[k] = s < min_pos[k] ? s : min_pos[k];
-        } else if (cls == kNegative) {
-          ++sizes[2 * k + 1];
-        }
+    for (int k = 0; k < K; ++k) {
+      if (k >= g.n) break;
+      const int cls = classify(g.mode[k], a, c);
+      if (cls == kPositive) {
+        ++sizes[2 * k];
+        min_pos[k] = s < min_pos[k] ? s : min_pos[k];
+      } else if (cls == kNegative) {
+        ++sizes[2 * k + 1];
       }
     }
-    block_reduce(sizes, ired, SumOp());
-    block_reduce(min_pos, red, MinOp());
+  }
+  block_reduce(sizes, ired, SumOp());
+  block_reduce(min_pos, red, MinOp());
+}
 
-    // Selection, mode by mode (block-uniform branches).
-    for (int k = 0; k < g.n; ++k) {
-      const int64_t mode = g.mode[k];
-      const int n_pos = sizes[2 * k], n_neg = sizes[2 * k + 1];
-      if (g.select_positives[k] && n_pos > 0 && threadIdx.x == 0) {
-        // Rounded to the state dtype from double, as the CPU kernel does.
-        thr[k].mp = T(1.0 / (double(min_pos[k]) + gamma));
-      }
-      if (g.select_positives[k] && n_pos > h) {
-        auto positive = [&](int64_t j, Key& key) {
-          const T s = s_row[j];
-          if (isnan(s) || classify(mode, a, load_candidate(c_cols, m, j)) != kPositive) {
-            return false;
-          }
-          key = order_key(s);
-          return true;
-        };
-        int64_t index;
-        const Key key = block_select<Key>(m, unsigned(h), positive, scratch, &index);
-        if (threadIdx.x == 0) {
-          thr[k].tp = key_value<T>(key);
-          thr[k].jp = T(index);
+// Forward with selection, pass 2: the thresholds of the kept pairs, mode by mode
+// (block-uniform branches), into thr (shared).
+template <typename T>
+__device__ __forceinline__ void select_thresholds(
+    const T* __restrict__ s_row, int64_t m, const Candidate& a, const int64_t* __restrict__ c_cols,
+    const ModeGroup<T>& g, int64_t h, double gamma, const int (&sizes)[2 * kModesPerLaunch],
+    const T (&min_pos)[kModesPerLaunch], SelectScratch& scratch, Threshold<T>* thr) {
+  using Key = typename KeyTraits<T>::Key;
+  for (int k = 0; k < g.n; ++k) {
+    const int64_t mode = g.mode[k];
+    const int n_pos = sizes[2 * k], n_neg = sizes[2 * k + 1];
+    if (g.select_positives[k] && n_pos > 0 && threadIdx.x == 0) {
+      // Rounded to the state dtype from double, as the CPU kernel does.
+      thr[k].mp = T(1.0 / (double(min_pos[k]) + gamma));
+    }
+    if (g.select_positives[k] && n_pos > h) {
+      auto positive = [&](int64_t j, Key& key) {
+        const T s = s_row[j];
+        if (isnan(s) || classify(mode, a, load_candidate(c_cols, m, j)) != kPositive) {
+          return false;
         }
-      }
-      if (g.select_negatives[k] && n_neg > h) {
-        // Descending similarity = ascending inverted key.
-        auto negative = [&](int64_t j, Key& key) {
-          const T s = s_row[j];
-          if (isnan(s) || classify(mode, a, load_candidate(c_cols, m, j)) != kNegative) {
-            return false;
-          }
-          key = ~order_key(s);
-          return true;
-        };
-        int64_t index;
-        const Key key = block_select<Key>(m, unsigned(h), negative, scratch, &index);
-        if (threadIdx.x == 0) {
-          thr[k].tn = key_value<T>(~key);
-          thr[k].jn = T(index);
-        }
+        key = order_key(s);
+        return true;
+      };
+      int64_t index;
+      const Key key = block_select<Key>(m, unsigned(h), positive, scratch, &index);
+      if (threadIdx.x == 0) {
+        thr[k].tp = key_value<T>(key);
+        thr[k].jp = T(index);
       }
     }
-    __syncthreads();
+    if (g.select_negatives[k] && n_neg > h) {
+      // Descending similarity = ascending inverted key.
+      auto negative = [&](int64_t j, Key& key) {
+        const T s = s_row[j];
+        if (isnan(s) || classify(mode, a, load_candidate(c_cols, m, j)) != kNegative) {
+          return false;
+        }
+        key = ~order_key(s);
+        return true;
+      };
+      int64_t index;
+      const Key key = block_select<Key>(m, unsigned(h), negative, scratch, &index);
+      if (threadIdx.x == 0) {
+        thr[k].tn = key_value<T>(~key);
+        thr[k].jn = T(index);
+      }
+    }
   }
+}
 
-  // Pass 2: sums over the kept pairs of every mode. Only a selected side filters: the other
-  // keeps every pair, a NaN one too (so the sums are NaN, as on the CPU).
-  Threshold<T> t[K];
-  bool select_positives[K], select_negatives[K];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    t[k] = thr[k];
-    select_positives[k] = kSelect && k < g.n && g.select_positives[k];
-    select_negatives[k] = kSelect && k < g.n && g.select_negatives[k];
-  }
-  // Per mode: pos_num, pos_norm, neg_num, neg_norm, refine_sum; positives, NaN flag.
-  T acc[K * 5] = {};
-  int counts[K * 2] = {};
+// Pass 3: this thread's sums over the kept pairs of every mode. Only a selected side filters:
+// the other keeps every pair, a NaN one too (so the sums are NaN, as on the CPU).
+// acc per mode: pos_num, pos_norm, neg_num, neg_norm, refine_sum; counts: positives, NaN flag.
+template <typename T>
+__device__ __forceinline__ void kept_pair_sums(
+    const T* __restrict__ s_row, int64_t m, const Candidate& a, const int64_t* __restrict__ c_cols,
+    const ModeGroup<T>& g, double gamma, const Threshold<T> (&t)[kModesPerLaunch],
+    const bool (&select_positives)[kModesPerLaunch],
+    const bool (&select_negatives)[kModesPerLaunch], T (&acc)[kModesPerLaunch * 5],
+    int (&counts)[kModesPerLaunch * 2]) {
+  constexpr int K = kModesPerLaunch;
   for (int64_t j = threadIdx.x; j < m; j += kThreads) {
     const T s = s_row[j];
     const Candidate c = load_candidate(c_cols, m, j);
@@ -165,38 +160,92 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+}
+
+// Pass 4 (one thread): the row's stats and, with selection, state from the block's sums, with
+// the NaN rule.
+template <typename T, bool kSelect>
+__device__ __forceinline__ void write_row_stats(int64_t row, const ModeGroup<T>& g, int64_t h,
+                                                const Threshold<T> (&t)[kModesPerLaunch],
+                                                const bool (&select_positives)[kModesPerLaunch],
+                                                const bool (&select_negatives)[kModesPerLaunch],
+                                                const T (&acc)[kModesPerLaunch * 5],
+                                                const int (&counts)[kModesPerLaunch * 2],
+                                                RowTable<T> stats, RowTable<T> state) {
+  const T nan = KeyTraits<T>::nan();
+  for (int k = 0; k < g.n; ++k) {
+    const T* v = acc + 5 * k;
+    T sum_p = select_positives[k] ? v[1] : T(1), sum_n = select_negatives[k] ? v[3] : T(1),
+      mp = t[k].mp;
+    T* out = stats.at(row, k, kStatCols);
+    out[kPosSum] = select_positives[k] ? (v[1] > 0 ? v[0] / v[1] : T(0)) : v[0];
+    out[kNegSum] = select_negatives[k] ? (v[3] > 0 ? v[2] / v[3] : T(0)) : v[2];
+    const int64_t n_pos = counts[2 * k];
+    out[kPosCount] = T(select_positives[k] && n_pos > h ? h : n_pos);
+    out[kRefineSum] = v[4];
+    if (counts[2 * k + 1] > 0) {
+      // A NaN similarity among the row's pairs poisons its sums; pos_count stays a count.
+      out[kPosSum] = out[kNegSum] = out[kRefineSum] = nan;
+      if (select_positives[k]) mp = sum_p = nan;
+      if (select_negatives[k]) sum_n = nan;
+    }
+    if constexpr (kSelect) {
+      T* st = state.at(row, k, kStateCols);
+      st[kStateTp] = t[k].tp;
+      st[kStateJp] = t[k].jp;
+      st[kStateTn] = t[k].tn;
+      st[kStateJn] = t[k].jn;
+      st[kStateMp] = mp;
+      st[kStateSumP] = sum_p;
+      st[kStateSumN] = sum_n;
+    }
+  }
+}
+
+// One block per anchor row: the row's per-mode stats (and state with kSelect).
+template <typename T, bool kSelect>
+__global__ void __launch_bounds__(kThreads)
+    pair_stats_kernel(const T* __restrict__ sim, int64_t m, const int64_t* __restrict__ a_ids,
+                      const int64_t* __restrict__ c_cols, ModeGroup<T> g, int64_t h, double gamma,
+                      RowTable<T> stats, RowTable<T> state) {
+  constexpr int K = kModesPerLaunch;
+  __shared__ T red[kWarps * K * 5];
+  __shared__ int ired[kWarps * K * 2];
+  __shared__ Threshold<T> thr[K];
+  __shared__ SelectScratch scratch;
+
+  const int64_t row = blockIdx.x;
+  const T* __restrict__ s_row = sim + row * m;
+  const Candidate a = load_anchor(a_ids, row);
+  const T inf = KeyTraits<T>::inf();
+
+  if (threadIdx.x < K) thr[threadIdx.x] = {inf, T(m), -inf, T(m), T(0)};
+  __syncthreads();
+
+  if constexpr (kSelect) {
+    int sizes[2 * K] = {};
+    T min_pos[K];
+    selectable_sets(s_row, m, a, c_cols, g, sizes, min_pos, red, ired);
+    select_thresholds(s_row, m, a, c_cols, g, h, gamma, sizes, min_pos, scratch, thr);
+    __syncthreads();
+  }
+
+  Threshold<T> t[K];
+  bool select_positives[K], select_negatives[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    t[k] = thr[k];
+    select_positives[k] = kSelect && k < g.n && g.select_positives[k];
+    select_negatives[k] = kSelect && k < g.n && g.select_negatives[k];
+  }
+  T acc[K * 5] = {};
+  int counts[K * 2] = {};
+  kept_pair_sums(s_row, m, a, c_cols, g, gamma, t, select_positives, select_negatives, acc, counts);
   block_reduce(acc, red, SumOp());
   block_reduce(counts, ired, SumOp());
-
   if (threadIdx.x == 0) {
-    const T nan = KeyTraits<T>::nan();
-    for (int k = 0; k < g.n; ++k) {
-      const T* v = acc + 5 * k;
-      T sum_p = select_positives[k] ? v[1] : T(1), sum_n = select_negatives[k] ? v[3] : T(1),
-        mp = t[k].mp;
-      T* out = stats.at(row, k, kStatCols);
-      out[kPosSum] = select_positives[k] ? (v[1] > 0 ? v[0] / v[1] : T(0)) : v[0];
-      out[kNegSum] = select_negatives[k] ? (v[3] > 0 ? v[2] / v[3] : T(0)) : v[2];
-      const int64_t n_pos = counts[2 * k];
-      out[kPosCount] = T(select_positives[k] && n_pos > h ? h : n_pos);
-      out[kRefineSum] = v[4];
-      if (counts[2 * k + 1] > 0) {
-        // A NaN similarity among the row's pairs poisons its sums; pos_count stays a count.
-        out[kPosSum] = out[kNegSum] = out[kRefineSum] = nan;
-        if (select_positives[k]) mp = sum_p = nan;
-        if (select_negatives[k]) sum_n = nan;
-      }
-      if constexpr (kSelect) {
-        T* st = state.at(row, k, kStateCols);
-        st[kStateTp] = t[k].tp;
-        st[kStateJp] = t[k].jp;
-        st[kStateTn] = t[k].tn;
-        st[kStateJn] = t[k].jn;
-        st[kStateMp] = mp;
-        st[kStateSumP] = sum_p;
-        st[kStateSumN] = sum_n;
-      }
-    }
+    write_row_stats<T, kSelect>(row, g, h, t, select_positives, select_negatives, acc, counts,
+                                stats, state);
   }
 }
 
@@ -213,8 +262,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t row = blockIdx.x;
   const T* __restrict__ s_row = sim + row * m;
-  const Candidate a{a_ids[row * 3 + kDescClass], a_ids[row * 3 + kDescModality],
-                    a_ids[row * 3 + kDescSample]};
+  const Candidate a = load_anchor(a_ids, row);
   const T inf = KeyTraits<T>::inf();
 
   T g_pos[K], g_neg[K], g_ref[K];
