@@ -59,9 +59,8 @@ def ceilings():
     numel = 2**29  # 2 GiB of float32
     copy_rate = 2 * numel * 4 / copy_ms(numel) / 1e6  # GB/s, read + write
     n = 8192
-    gemm_rate = (
-        2 * n**3 / matmul_ms(torch.rand(n, n, device="cuda"), torch.rand(n, n, device="cuda")) / 1e9
-    )  # TFLOP/s
+    gemm_ms = matmul_ms(torch.rand(n, n, device="cuda"), torch.rand(n, n, device="cuda"))
+    gemm_rate = 2 * n**3 / gemm_ms / 1e9  # TFLOP/s
     rows, d = 3 * 4096, 50
     z = torch.rand(rows, d, device="cuda")
     block_ms = matmul_ms(z, z.T)

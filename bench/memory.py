@@ -35,9 +35,8 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 _MMAP_THRESHOLD = str(128 * 1024)
 
 _LIBC_NAME = ctypes.util.find_library("c")
-_MALLOC_TRIM = (
-    getattr(ctypes.CDLL(_LIBC_NAME), "malloc_trim", None) if _LIBC_NAME else None
-)  # glibc only
+# glibc only
+_MALLOC_TRIM = getattr(ctypes.CDLL(_LIBC_NAME), "malloc_trim", None) if _LIBC_NAME else None
 
 
 def _proc_status_bytes(key):

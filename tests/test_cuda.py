@@ -25,9 +25,8 @@ pytestmark = [
 SEED = int(os.environ.get("HYCON_TEST_SEED", "0"))
 ALL_MODES = [INTRA, INTER, SAME_SAMPLE]
 TARGETS = [1.0, 0.8, 0.8]
-SELECTIONS = list(
-    itertools.product([False, True], repeat=2)
-)  # (select_positives, select_negatives)
+# (select_positives, select_negatives)
+SELECTIONS = list(itertools.product([False, True], repeat=2))
 # float32: the CPU and CUDA paths sum in different orders (and the CPU sums in double).
 TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-5)}
 

@@ -328,9 +328,8 @@ def test_eval_shards_gather_to_whole_split_in_order(ranks):
         assert r["utils"]["doubled"].tolist() == [2 * i for i in range(7)]
 
 
-@pytest.mark.parametrize(
-    "n", [24, 29, 25]
-)  # full batches only; a last one split 3/2; one of 1: dropped
+# full batches only; a last one split 3/2; one of 1: dropped
+@pytest.mark.parametrize("n", [24, 29, 25])
 def test_sharded_batches_are_the_single_process_global_batches(n):
     batch, world = 4, 2
 

@@ -16,9 +16,8 @@ pytestmark = pytest.mark.usefixtures("ext_ops")
 
 ALL_MODES = [INTRA, INTER, SAME_SAMPLE]
 TARGETS = [1.0, 0.8, 0.8]
-SELECTIONS = list(
-    itertools.product([False, True], repeat=2)
-)  # (select_positives, select_negatives)
+# (select_positives, select_negatives)
+SELECTIONS = list(itertools.product([False, True], repeat=2))
 
 
 def make_labels(k, pattern, gen):

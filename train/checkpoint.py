@@ -95,12 +95,9 @@ def load(path, required=_REQUIRED):
         # weights_only: a checkpoint holds tensors, numbers, strings and containers; nothing in
         # it needs arbitrary unpickling (and a foreign file cannot run code)
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as err:  # torch raises RuntimeError, EOFError, UnpicklingError ... for bad files
-        first = (
-            str(err).strip().split("\n")[0].split(". ")[0][:120]
-        )  # torch's messages run for lines
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError ...
+        # torch's messages run for lines
+        first = str(err).strip().split("\n")[0].split(". ")[0][:120]
         detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
         raise CheckpointError(
             f"{path}: not a readable checkpoint (empty, truncated or another kind of file; "

@@ -195,6 +195,91 @@ def _check_split_sizes(bundle, ctx):
             )
 
 
+@dataclass
+class _Progress:
+    """Where one seed's training stands: what last.pt records and --resume restores."""
+
+    next_epoch: int = 1
+    best_loss: float = float("inf")
+    best_epoch: int = 0
+    train_time: float = 0.0  # training passes only, as Table 8: validation is not counted
+    resumed_after: int = 0
+
+
+def _resume(last_path, config, s, net, optimizer, memory, gen, ctx):
+    """Restores weights, optimizer, loss memory and every RNG from last.pt; returns where the
+    seed stands. checkpoint.check_resume refuses a last.pt of another configuration."""
+    # RNG states must stay CPU tensors; load_state_dict moves weights to the model's device
+    ck = checkpoint.load(last_path)
+    checkpoint.check_resume(last_path, ck, config, s.epochs)
+    net.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    if memory is not None:
+        memory.load_state_dict(ck["loss_memory"])
+    rank_rng = ck.get("rank_rng", [])
+    if ctx.is_distributed and len(rank_rng) == ctx.world_size:
+        _set_rank_rng(rank_rng[ctx.rank], ctx)
+    else:  # one process (or another number of ranks: all continue from rank 0's state)
+        torch.set_rng_state(ck["rng"])
+        if ck["cuda_rng"] and torch.cuda.is_available():
+            # the checkpoint may come from a machine with more GPUs
+            for i, state in enumerate(ck["cuda_rng"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, i)
+    gen.set_state(ck["loader_rng"])
+    return _Progress(
+        next_epoch=ck["epoch"] + 1,
+        best_loss=ck["best_loss"],
+        best_epoch=ck["best_epoch"],
+        train_time=ck["train_time"],
+        resumed_after=ck["epoch"],
+    )
+
+
+def _save_last(last_path, epoch, progress, net, optimizer, memory, gen, config, ctx):
+    """Writes last.pt after an epoch (rank 0; every rank takes part in gathering the RNGs)."""
+    # every rank's dropout RNG, so a resumed DDP run continues exactly (a collective: all ranks)
+    rank_rng = (
+        {"rank_rng": distributed.gather_objects(_rank_rng(ctx), ctx)} if ctx.is_distributed else {}
+    )
+    if not distributed.is_main(ctx):
+        return
+    checkpoint.save(
+        last_path,
+        dict(
+            model=net.state_dict(),
+            optimizer=optimizer.state_dict(),
+            epoch=epoch,
+            best_loss=progress.best_loss,
+            best_epoch=progress.best_epoch,
+            train_time=progress.train_time,
+            rng=torch.get_rng_state(),
+            loader_rng=gen.get_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            config=config,
+            **({"loss_memory": memory.state_dict()} if memory is not None else {}),
+            **rank_rng,
+        ),
+    )
+
+
+def _test_best(net, best_path, valid_dl, test_dl, info, s, ctx):
+    """Loads best.pt and scores valid and test; returns their metrics, the test inference time
+    and the test outputs (fused representations and labels, for t-SNE)."""
+    net.load_state_dict(checkpoint.load(best_path, required=("model", "epoch"))["model"])
+    _, valid_out, valid_y, _ = predict(net, valid_dl, info, s, ctx)
+    t0 = time.perf_counter()
+    # the outputs reach the CPU, so the time includes the device's work
+    test_loss, test_out, test_y, test_fused = predict(net, test_dl, info, s, ctx)
+    inference_time = time.perf_counter() - t0
+    metrics = {
+        "test_loss": test_loss,
+        "valid": split_metrics(valid_out, valid_y, info, s.convention),
+        "test": split_metrics(test_out, test_y, info, s.convention),
+        "test_inference_s": inference_time,
+    }
+    return metrics, test_fused, test_y
+
+
 def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=None, config=None):
     """Train one seed; returns its results and the test predictions for plotting.
 
@@ -205,7 +290,6 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
     """
     config = {} if config is None else config
     ctx = ctx or distributed.DistContext(0, 1, 0, torch.device(s.device), None)
-    main_rank = distributed.is_main(ctx)
     log = distributed.main_only(log, ctx)
     _check_split_sizes(bundle, ctx)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,121 +307,57 @@ def run_seed(bundle, model_cfg, s, seed, out_dir, resume=False, log=print, ctx=N
     if ctx.rank > 0:  # identical weights are built; now give each rank its own dropout masks
         torch.manual_seed(seed + _RANK_SEED_STRIDE * ctx.rank)
 
-    start_epoch, best_loss, best_epoch, train_time = 1, float("inf"), 0, 0.0
-    resumed_after = 0
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    progress = _Progress()
     if resume and not last_path.exists():
         # e.g. a multi-seed run interrupted before this seed began
         log(f"seed {seed}: --resume but no {last_path}; starting this seed from scratch")
     elif resume:
-        # RNG states must stay CPU tensors; load_state_dict moves weights to the model's device
-        ck = checkpoint.load(last_path)
-        checkpoint.check_resume(last_path, ck, config, s.epochs)
-        net.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if memory is not None:
-            memory.load_state_dict(ck["loss_memory"])
-        rank_rng = ck.get("rank_rng", [])
-        if ctx.is_distributed and len(rank_rng) == ctx.world_size:
-            _set_rank_rng(rank_rng[ctx.rank], ctx)
-        else:  # one process (or another number of ranks: all continue from rank 0's state)
-            torch.set_rng_state(ck["rng"])
-            if (
-                ck["cuda_rng"] and torch.cuda.is_available()
-            ):  # the checkpoint may come from more GPUs
-                for i, state in enumerate(ck["cuda_rng"][: torch.cuda.device_count()]):
-                    torch.cuda.set_rng_state(state, i)
-        gen.set_state(ck["loader_rng"])
-        start_epoch, best_loss, best_epoch, train_time = (
-            ck["epoch"] + 1,
-            ck["best_loss"],
-            ck["best_epoch"],
-            ck["train_time"],
-        )
-        resumed_after = ck["epoch"]
-        log(f"seed {seed}: resumed from {last_path} after epoch {ck['epoch']}")
+        progress = _resume(last_path, config, s, net, optimizer, memory, gen, ctx)
+        log(f"seed {seed}: resumed from {last_path} after epoch {progress.resumed_after}")
     # a pretrained backbone has parameters outside the loss (BERT's pooler); DDP must expect that
     model = distributed.wrap_ddp(net, ctx, find_unused_parameters=net.pretrained_text)
 
-    for epoch in range(start_epoch, s.epochs + 1):
+    for epoch in range(progress.next_epoch, s.epochs + 1):
         t0 = time.perf_counter()
-        train_parts = train_epoch(
-            model,
-            train_dl,
-            optimizer,
-            info,
-            s,
-            f"seed {seed} epoch {epoch}/{s.epochs}",
-            ctx,
-            memory,
-        )
-        train_time += (
-            time.perf_counter() - t0
-        )  # training only, as Table 8: the validation pass is not counted
+        desc = f"seed {seed} epoch {epoch}/{s.epochs}"
+        train_parts = train_epoch(model, train_dl, optimizer, info, s, desc, ctx, memory)
+        progress.train_time += time.perf_counter() - t0
         # the plain module: DDP's forward may sync, and the shards may differ in batch count
         valid_loss, *_ = predict(net, valid_dl, info, s, ctx)  # the same on every rank
-        if valid_loss < best_loss:
-            best_loss, best_epoch = valid_loss, epoch
-            if main_rank:
+        if valid_loss < progress.best_loss:
+            progress.best_loss, progress.best_epoch = valid_loss, epoch
+            if distributed.is_main(ctx):
                 checkpoint.save(best_path, dict(model=net.state_dict(), epoch=epoch))
-        # every rank's dropout RNG, so a resumed DDP run continues exactly (a collective: all ranks)
-        rank_rng = (
-            {"rank_rng": distributed.gather_objects(_rank_rng(ctx), ctx)}
-            if ctx.is_distributed
-            else {}
-        )
-        if main_rank:
-            checkpoint.save(
-                last_path,
-                dict(
-                    model=net.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    epoch=epoch,
-                    best_loss=best_loss,
-                    best_epoch=best_epoch,
-                    train_time=train_time,
-                    rng=torch.get_rng_state(),
-                    loader_rng=gen.get_state(),
-                    cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    config=config,
-                    **({"loss_memory": memory.state_dict()} if memory is not None else {}),
-                    **rank_rng,
-                ),
-            )
+        _save_last(last_path, epoch, progress, net, optimizer, memory, gen, config, ctx)
         distributed.barrier(ctx)  # checkpoints complete before any rank reads them
         parts = " ".join(f"{k}={v:.4f}" for k, v in train_parts.items())
         log(
             f"seed {seed} epoch {epoch}: train {parts} | valid loss {valid_loss:.4f}"
-            f"{' *' if best_epoch == epoch else ''}"
+            f"{' *' if progress.best_epoch == epoch else ''}"
         )
 
-    if best_epoch == 0:
+    if progress.best_epoch == 0:
         raise ValueError(
             f"seed {seed}: no epoch gave a finite validation loss (epochs {s.epochs}); "
             f"nothing to select or test"
         )
-    net.load_state_dict(checkpoint.load(best_path, required=("model", "epoch"))["model"])
-    _, valid_out, valid_y, _ = predict(net, valid_dl, info, s, ctx)
-    t0 = time.perf_counter()
-    test_loss, test_out, test_y, test_fused = predict(
-        net, test_dl, info, s, ctx
-    )  # outputs reach the CPU: synced
-    inference_time = time.perf_counter() - t0
+    metrics, test_fused, test_y = _test_best(net, best_path, valid_dl, test_dl, info, s, ctx)
     result = {
         "seed": seed,
-        "best_epoch": best_epoch,
-        "valid_loss": best_loss,
-        "test_loss": test_loss,
-        "valid": split_metrics(valid_out, valid_y, info, s.convention),
-        "test": split_metrics(test_out, test_y, info, s.convention),
+        "best_epoch": progress.best_epoch,
+        "valid_loss": progress.best_loss,
+        "test_loss": metrics["test_loss"],
+        "valid": metrics["valid"],
+        "test": metrics["test"],
         "params": count_parameters(net),
-        "train_time_s": train_time,
-        "test_inference_s": inference_time,
+        "train_time_s": progress.train_time,
+        "test_inference_s": metrics["test_inference_s"],
         "test_samples": len(bundle.test),  # paper 4.5.8
         # what the optimizer really used (a resumed run continues with the checkpoint's optimizer)
         "lr": optimizer.param_groups[0]["lr"],
         "epochs": s.epochs,
-        "resumed_after_epoch": resumed_after,
+        "resumed_after_epoch": progress.resumed_after,
     }
     if len(optimizer.param_groups) > 1:
         result["text_lr"] = optimizer.param_groups[1]["lr"]

@@ -418,20 +418,18 @@ def main(argv=None):
         distributed.cleanup(ctx)
 
 
-def _train(args, ctx, device):
-    log = distributed.main_only(print, ctx)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = seed_list(args)
+def _lr_and_epochs(args):
+    """--lr and --epochs, or their defaults (the demo's own when --demo)."""
     lr = args.lr if args.lr is not None else (DEMO_LR if args.demo else PAPER_LR)
     epochs = (
         args.epochs if args.epochs is not None else (DEMO_EPOCHS if args.demo else DEFAULT_EPOCHS)
     )
-    if args.demo and args.lr is None:
-        log(f"demo: lr {lr} (the paper's {PAPER_LR} is the default without --demo)")
+    return lr, epochs
 
-    bundle = load_data(args, out, ctx, log)
-    info = bundle.info
+
+def _settings(args, device, lr, epochs):
+    """TrainSettings and ModelConfig from the flags; after load_data, which resolves the text
+    encoder of --dataset's setting."""
     settings = TrainSettings(
         epochs=epochs,
         batch_size=args.batch_size,
@@ -456,10 +454,94 @@ def _train(args, ctx, device):
         pretrained=args.pretrained,
         text_pool=args.text_pool,
     )
+    return settings, model_cfg
+
+
+def _print_results(args, info, columns, results, mean, std, epochs, log):
+    """The test table (the paper's layout), then parameters and times."""
+    if info.task == "regression":
+        log(
+            f"\nTest metrics (Table {1 if info.name == 'mosi' else 2} layout; convention "
+            f"{args.metrics_convention}: {CONVENTIONS[args.metrics_convention]})"
+        )
+    else:
+        log("\nTest metrics (Table 3 layout: per emotion accuracy and weighted F1)")
+    rows = [(f"seed {r['seed']}", r["test"]) for r in results] + [("mean", mean)]
+    if len(results) > 1:
+        rows.append(("std", std))
+    log(format_table(columns, rows))
+    if info.task == "regression":
+        log("all variants (mean): " + ", ".join(f"{k} {_fmt(k, v)}" for k, v in mean.items()))
+    log(
+        f"Parameters: {results[0]['params']:,}   "
+        f"Training time: {_mean_of(results, 'train_time_s'):.1f} s per seed "
+        f"({epochs} epochs, validation passes excluded)   "
+        f"Inference: {_mean_of(results, 'test_inference_s'):.3f} s over the "
+        f"{results[0]['test_samples']} test samples"
+    )
+
+
+def _mean_of(results, key):
+    return float(np.mean([r[key] for r in results]))
+
+
+def _summary(args, info, columns, results, mean, std, epochs, wall_time, ctx):
+    """results.json's content."""
+    regression = info.task == "regression"
+    return {
+        "dataset": info.name,
+        "format": info.fmt,
+        "task": info.task,
+        "convention": args.metrics_convention,
+        "convention_description": CONVENTIONS[args.metrics_convention] if regression else None,
+        "columns": columns,
+        "seeds": results,
+        "mean": mean,
+        "std": std,
+        "params": results[0]["params"],
+        "train_time_s": _mean_of(results, "train_time_s"),
+        "test_inference_s": _mean_of(results, "test_inference_s"),
+        "wall_time_s": wall_time,
+        "epochs": epochs,
+        # the optimizer's own values (equal to the flags: --resume refuses a checkpoint that
+        # differs)
+        "lr": results[0]["lr"],
+        "text_lr": results[0].get("text_lr"),
+        "args": vars(args),
+        "world_size": ctx.world_size,
+    }
+
+
+def _plot_all_tsne(args, info, test_outputs, out, log):
+    """An extra after the results are saved: a failing plot is one warning, never an error."""
+    for seed, fused, labels in test_outputs:
+        try:
+            log(f"t-SNE: {_plot_tsne(args, info, seed, fused, labels, out)}")
+        except Exception as err:  # e.g. too few test samples; sklearn and matplotlib raise many
+            print(
+                f"warning: --tsne: no plot for seed {seed} ({type(err).__name__}: {err}); "
+                f"the results are saved",
+                file=sys.stderr,
+            )
+
+
+def _train(args, ctx, device):
+    log = distributed.main_only(print, ctx)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = seed_list(args)
+    lr, epochs = _lr_and_epochs(args)
+    if args.demo and args.lr is None:
+        log(f"demo: lr {lr} (the paper's {PAPER_LR} is the default without --demo)")
+
+    bundle = load_data(args, out, ctx, log)
+    info = bundle.info
+    settings, model_cfg = _settings(args, device, lr, epochs)
     log(
         f"{info.name} ({info.fmt}, {info.task}): train {len(bundle.train)}, "
         f"valid {len(bundle.valid)}, "
-        f"test {len(bundle.test)}; dims {info.dims}; device {device}; {epochs} epochs, lr {lr}"
+        f"test {len(bundle.test)}; dims {info.dims}; device {device}; {settings.epochs} epochs, "
+        f"lr {settings.lr}"
     )
     if ctx.is_distributed:
         log(
@@ -500,69 +582,15 @@ def _train(args, ctx, device):
         test_outputs.append((seed, fused, labels))
     mean, std = summarise(results)
 
-    if info.task == "regression":
-        log(
-            f"\nTest metrics (Table {1 if info.name == 'mosi' else 2} layout; convention "
-            f"{args.metrics_convention}: {CONVENTIONS[args.metrics_convention]})"
-        )
-    else:
-        log("\nTest metrics (Table 3 layout: per emotion accuracy and weighted F1)")
-    rows = [(f"seed {r['seed']}", r["test"]) for r in results] + [("mean", mean)]
-    if len(results) > 1:
-        rows.append(("std", std))
-    log(format_table(columns, rows))
-    if info.task == "regression":
-        log("all variants (mean): " + ", ".join(f"{k} {_fmt(k, v)}" for k, v in mean.items()))
-    params = results[0]["params"]
-    train_time = float(np.mean([r["train_time_s"] for r in results]))
-    inference_time = float(np.mean([r["test_inference_s"] for r in results]))
-    log(
-        f"Parameters: {params:,}   Training time: {train_time:.1f} s per seed "
-        f"({epochs} epochs, validation passes excluded)   "
-        f"Inference: {inference_time:.3f} s over the {results[0]['test_samples']} test samples"
+    _print_results(args, info, columns, results, mean, std, settings.epochs, log)
+    summary = _summary(
+        args, info, columns, results, mean, std, settings.epochs, time.perf_counter() - t0, ctx
     )
-
-    summary = {
-        "dataset": info.name,
-        "format": info.fmt,
-        "task": info.task,
-        "convention": args.metrics_convention,
-        "convention_description": CONVENTIONS[args.metrics_convention]
-        if info.task == "regression"
-        else None,
-        "columns": columns,
-        "seeds": results,
-        "mean": mean,
-        "std": std,
-        "params": params,
-        "train_time_s": train_time,
-        "test_inference_s": inference_time,
-        "wall_time_s": time.perf_counter() - t0,
-        "epochs": epochs,
-        # the optimizer's own values (equal to the flags: --resume refuses a checkpoint that
-        # differs)
-        "lr": results[0]["lr"],
-        "text_lr": results[0].get("text_lr"),
-        "args": vars(args),
-        "world_size": ctx.world_size,
-    }
     if distributed.is_main(ctx):
         write_results(out, summary)
     log(f"results: {out / 'results.json'}, {out / 'results.csv'}")
-    if args.tsne and distributed.is_main(
-        ctx
-    ):  # an extra: the results are saved whatever happens here
-        for seed, fused, labels in test_outputs:
-            try:
-                log(f"t-SNE: {_plot_tsne(args, info, seed, fused, labels, out)}")
-            except (
-                Exception
-            ) as err:  # e.g. too few test samples; sklearn and matplotlib raise many kinds
-                print(
-                    f"warning: --tsne: no plot for seed {seed} ({type(err).__name__}: {err}); "
-                    f"the results are saved",
-                    file=sys.stderr,
-                )
+    if args.tsne and distributed.is_main(ctx):
+        _plot_all_tsne(args, info, test_outputs, out, log)
     return summary
 
 
@@ -593,10 +621,8 @@ def cli():
     argv = sys.argv[1:]
     try:
         main(argv)
-    except (
-        ValueError,
-        OSError,
-    ) as err:  # DataError is a ValueError: bad flags, missing or malformed data
+    # DataError is a ValueError: bad flags, missing or malformed data
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C: last.pt already holds every finished epoch

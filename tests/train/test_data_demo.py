@@ -76,9 +76,8 @@ def test_never_overwrites_a_real_file(tmp_path):
         write_demo("mosi", tmp_path)
     assert (tmp_path / "mosi_data.pkl").read_bytes() == b"real data"
     path = write_demo("mosei", tmp_path, n_train=3, n_valid=1, n_test=1)
-    assert (
-        write_demo("mosei", tmp_path, n_train=4, n_valid=1, n_test=1) == path
-    )  # a demo is replaced
+    # a demo is replaced
+    assert write_demo("mosei", tmp_path, n_train=4, n_valid=1, n_test=1) == path
 
 
 def test_unpublished_pair_is_refused(tmp_path):
@@ -101,9 +100,8 @@ def test_every_modality_carries_a_learnable_signal(demo_bundle, name, fmt):
     for m in modalities:
         if name == "iemocap":
             clf = LogisticRegression(max_iter=300).fit(pooled(tr, m), tr["label"].argmax(1).numpy())
-            assert (clf.predict(pooled(te, m)) == te["label"].argmax(1).numpy()).mean() > 0.5, (
-                m
-            )  # chance 0.25
+            # chance 0.25
+            assert (clf.predict(pooled(te, m)) == te["label"].argmax(1).numpy()).mean() > 0.5, m
         else:
             pred = Ridge(alpha=10.0).fit(pooled(tr, m), tr["label"].numpy()).predict(pooled(te, m))
             assert np.corrcoef(pred, te["label"].numpy())[0, 1] > 0.5, m

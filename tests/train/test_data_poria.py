@@ -21,9 +21,8 @@ def poria_arrays(videos=10, slots=4):
     for part in ("train", "test"):
         out[f"{part}_mask"], out[f"{part}_label"] = mask, label
         for m in ("text", "audio", "video"):
-            out[f"{m}_{part}"] = rng.uniform(0.1, 1, (videos, slots, 5)).astype(
-                np.float32
-            )  # padding is NOT zero
+            # padding is NOT zero
+            out[f"{m}_{part}"] = rng.uniform(0.1, 1, (videos, slots, 5)).astype(np.float32)
     return out
 
 

@@ -41,9 +41,8 @@ def test_nodes_and_shapes():
 def test_weights_as_specified():
     torch.manual_seed(0)
     nodes = GraphFusion(D).graph(*_inputs())
-    assert (
-        (nodes.unimodal_weights > 0) & (nodes.unimodal_weights < 1)
-    ).all()  # sigmoid scores, not normalised
+    # sigmoid scores, not normalised
+    assert ((nodes.unimodal_weights > 0) & (nodes.unimodal_weights < 1)).all()
     torch.testing.assert_close(nodes.bimodal_weights.sum(1), torch.ones(B))
     torch.testing.assert_close(nodes.trimodal_weights.sum(1), torch.ones(B))
 

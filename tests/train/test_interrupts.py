@@ -79,9 +79,8 @@ def test_sigkill_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     seed_dir = out / "seed1"
     assert len(list(seed_dir.glob(".last.pt.*.tmp"))) == 1  # it died inside the write
-    assert (
-        checkpoint.load(seed_dir / "last.pt")["epoch"] == 1
-    )  # the last complete checkpoint survived
+    # the last complete checkpoint survived
+    assert checkpoint.load(seed_dir / "last.pt")["epoch"] == 1
 
     resumed = main(mosi_flags(data, out) + ["--epochs", "3", "--resume"])
     summary, straight = uninterrupted

@@ -172,9 +172,8 @@ def test_demo_flag_writes_its_own_data_and_trains(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "demo: lr" in printed and "demo: wrote synthetic mosi data" in printed
-    assert (
-        tmp_path / "demo-data" / "mosi.pkl"
-    ).exists()  # MAG-BERT's words, for the demo's small BERT
+    # MAG-BERT's words, for the demo's small BERT
+    assert (tmp_path / "demo-data" / "mosi.pkl").exists()
 
 
 def test_loss_settings_map_the_ablation_flags():

@@ -61,9 +61,8 @@ def test_hand_computed_magbert():
 def test_round_half_to_even_in_acc7():
     truth = np.array([0.5, 1.5, 2.5, -0.5, -2.5])
     assert multiclass_acc(np.array([0.0, 2.0, 2.0, 0.0, -2.0]), truth) == 1.0
-    assert multiclass_acc(np.array([1.0, 2.0, 3.0, -1.0, -3.0]), truth) == pytest.approx(
-        1 / 5
-    )  # only 1.5 -> 2
+    # only 1.5 -> 2
+    assert multiclass_acc(np.array([1.0, 2.0, 3.0, -1.0, -3.0]), truth) == pytest.approx(1 / 5)
 
 
 def test_acc7_clips_to_the_label_range():

@@ -82,9 +82,8 @@ def test_padding_steps_do_not_change_the_representation():
     model = HyConModel(fake_info(), ModelConfig(d=10, heads=2)).eval()
     batch = fake_batch()
     ref = model(batch).unimodal
-    batch["audio"] = batch["audio"].masked_fill(
-        ~batch["audio_mask"][..., None], 123.0
-    )  # garbage in padding
+    # garbage in padding
+    batch["audio"] = batch["audio"].masked_fill(~batch["audio_mask"][..., None], 123.0)
     # row 3 has no real audio step, so its (all-padding) input legitimately changes
     torch.testing.assert_close(model(batch).unimodal[1][[0, 1, 2, 4]], ref[1][[0, 1, 2, 4]])
 
@@ -218,9 +217,8 @@ def test_triplet_margin_is_a_hinge_and_none_is_eq19():
         for i in range(2)
     ]
     assert zero.item() == pytest.approx(sum(max(0.0, g) for g in gaps) / len(gaps))
-    assert any(g < 0 for g in gaps) and any(
-        g > 0 for g in gaps
-    )  # the hinge really clips some anchors
+    # the hinge really clips some anchors
+    assert any(g < 0 for g in gaps) and any(g > 0 for g in gaps)
 
 
 def test_classical_and_npair_with_a_single_positive():

@@ -16,9 +16,8 @@ from train.model import PretrainedTextEncoder
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    monkeypatch.setenv(
-        "HF_HUB_OFFLINE", "1"
-    )  # bert-base-uncased is not in the cache here: fail fast
+    # bert-base-uncased is not in the cache here: fail fast
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def _files(tmp_path, *fmts):
