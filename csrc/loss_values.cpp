@@ -209,10 +209,10 @@ LossValuesOutputs loss_values_generic(const at::Tensor& x_l, const at::Tensor& x
   const at::Tensor ids = row_descriptors(labels);
   at::Tensor terms, stats, state, sim;
   if (z.is_cpu()) {
-    const cpu::PairSelection selection{pair_selection, h, gamma, select_positives,
-                                       select_negatives};
-    std::tie(stats, state) =
-        cpu::pair_stats_forward(z, z, ids, ids, kModes, mode_targets(alpha), selection, &sim);
+    std::tie(stats, state) = cpu::pair_stats_forward(
+        z, z, ids, ids, kModes, mode_targets(alpha),
+        cpu::make_pair_selection(pair_selection, h, gamma, select_positives, select_negatives),
+        &sim);
     terms = terms_from_stats_cpu(stats, kModes, refinement);
   } else {
     std::tie(terms, stats, state) =
@@ -273,12 +273,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
       check_selection_args(/*h=*/1, gamma);
       check_selection_state(state, z, kTerms);
     }
-    const cpu::PairSelection selection{pair_selection, 0, gamma, select_positives,
-                                       select_negatives};
     const at::Tensor grad_stats = grad_stats_from_terms_cpu(grad_terms, stats, kModes, refinement);
-    const at::Tensor grad_z =
-        cpu::pair_stats_backward_same_rows(grad_stats, z, ids, kModes, mode_targets(alpha),
-                                           selection, state, sim.numel() > 0 ? sim : at::Tensor());
+    const at::Tensor grad_z = cpu::pair_stats_backward_same_rows(
+        grad_stats, z, ids, kModes, mode_targets(alpha),
+        cpu::make_pair_selection(pair_selection, 0, gamma, select_positives, select_negatives),
+        state, sim.numel() > 0 ? sim : at::Tensor());
     auto [grad_l, grad_a, grad_v] = softmax_backward_cpu(grad_z, z, k);
     return {as_dtype(grad_l, dtype), as_dtype(grad_a, dtype), as_dtype(grad_v, dtype)};
   }

@@ -12,8 +12,8 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums_cpu(
     bool select_positives, bool select_negatives) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
   check_selection_args(h, gamma);
-  const cpu::PairSelection selection{true, h, gamma, select_positives, select_negatives};
-  return cpu::pair_stats_forward(za, zc, a_ids, c_ids, modes, targets, selection);
+  return cpu::pair_stats_forward(za, zc, a_ids, c_ids, modes, targets,
+                                 cpu::PairSelection{h, gamma, select_positives, select_negatives});
 }
 
 std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward_cpu(
@@ -24,8 +24,8 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward_cpu(
   check_hard_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
                                      state);
   // h only matters to the forward: the state already records the selection.
-  const cpu::PairSelection selection{true, 0, gamma, select_positives, select_negatives};
-  return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, selection,
+  return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets,
+                                  cpu::PairSelection{0, gamma, select_positives, select_negatives},
                                   state);
 }
 

@@ -59,12 +59,13 @@ inline int relation(const int64_t* a, const int64_t* c) {
 
 // The modes of one call, tabulated by relation.
 struct Plan {
-  Plan(at::IntArrayRef modes, at::ArrayRef<double> targets, const PairSelection& selection) {
+  Plan(at::IntArrayRef modes, at::ArrayRef<double> targets,
+       const std::optional<PairSelection>& pair_selection) {
     for (size_t k = 0; k < modes.size(); ++k) {
-      const bool selectable = selection.enabled && modes[k] != SAME_SAMPLE;
+      const bool selectable = pair_selection && modes[k] != SAME_SAMPLE;
       ModeCfg mc{targets[k],
-                 selectable && selection.select_positives,
-                 selectable && selection.select_negatives,
+                 selectable && pair_selection->select_positives,
+                 selectable && pair_selection->select_negatives,
                  {},
                  -1,
                  -1,
@@ -350,26 +351,26 @@ ModeRow<scalar_t> unselected_sums(const Plan::ModeCfg& mc, const RowScratch<scal
 // Forward, step 3: the h hardest positives (lowest s), weighted by the detached
 // softmax(1/(s + gamma)); the refinement term stays unweighted.
 template <typename scalar_t>
-void add_selected_positives(const Plan::ModeCfg& mc, const PairSelection& selection,
+void add_selected_positives(const Plan::ModeCfg& mc, const PairSelection& pair_selection,
                             RowScratch<scalar_t>& r, ModeRow<scalar_t>& row) {
   Candidate<scalar_t>* p = r.candidates[mc.pos_slot].data();
   int64_t kept = r.n_candidates[mc.pos_slot];
-  if (kept > selection.h) {
-    select_first(p, kept, selection.h, PosBefore{});
-    kept = selection.h;
+  if (kept > pair_selection.h) {
+    select_first(p, kept, pair_selection.h, PosBefore{});
+    kept = pair_selection.h;
     row.t_p = p[kept - 1].s;
     row.j_p = static_cast<scalar_t>(p[kept - 1].j);
   }
-  row.pos_count = std::min(selection.h, row.n_pos);
+  row.pos_count = std::min(pair_selection.h, row.n_pos);
   double z = 0, weighted = 0;
   if (kept > 0) {
     scalar_t s_min = p[0].s;
     for (int64_t i = 1; i < kept; ++i) s_min = std::min(s_min, p[i].s);
     // Rounded to the state dtype first: the backward sees the same shift.
-    row.m_p = static_cast<scalar_t>(1.0 / (static_cast<double>(s_min) + selection.gamma));
+    row.m_p = static_cast<scalar_t>(1.0 / (static_cast<double>(s_min) + pair_selection.gamma));
     for (int64_t i = 0; i < kept; ++i) {
       const double s = p[i].s;
-      const double e = std::exp(1.0 / (s + selection.gamma) - static_cast<double>(row.m_p));
+      const double e = std::exp(1.0 / (s + pair_selection.gamma) - static_cast<double>(row.m_p));
       z += e;
       weighted += s * e;
       row.refine += (s - mc.target) * (s - mc.target);
@@ -381,13 +382,13 @@ void add_selected_positives(const Plan::ModeCfg& mc, const PairSelection& select
 
 // Forward, step 4: the h hardest negatives (highest s), weighted by softmax(s).
 template <typename scalar_t>
-void add_selected_negatives(const Plan::ModeCfg& mc, const PairSelection& selection,
+void add_selected_negatives(const Plan::ModeCfg& mc, const PairSelection& pair_selection,
                             RowScratch<scalar_t>& r, ModeRow<scalar_t>& row) {
   Candidate<scalar_t>* q = r.candidates[mc.neg_slot].data();
   int64_t kept = r.n_candidates[mc.neg_slot];
-  if (kept > selection.h) {
-    select_first(q, kept, selection.h, NegBefore{});
-    kept = selection.h;
+  if (kept > pair_selection.h) {
+    select_first(q, kept, pair_selection.h, NegBefore{});
+    kept = pair_selection.h;
     row.t_n = q[kept - 1].s;
     row.j_n = static_cast<scalar_t>(q[kept - 1].j);
   }
@@ -430,15 +431,16 @@ void write_mode_row(const Plan::ModeCfg& mc, ModeRow<scalar_t> row, scalar_t* st
 // One anchor row's stats (n_modes, kStatCols) and, with selection, state (n_modes, kStateCols).
 template <typename scalar_t>
 void forward_row(const scalar_t* s_row, int64_t m, const int64_t* a, const int64_t* c_ids,
-                 const CandidateColumns* cols, const Plan& plan, const PairSelection& selection,
-                 scalar_t* stats, scalar_t* state, RowScratch<scalar_t>& r) {
+                 const CandidateColumns* cols, const Plan& plan,
+                 const std::optional<PairSelection>& pair_selection, scalar_t* stats,
+                 scalar_t* state, RowScratch<scalar_t>& r) {
   relation_sums(s_row, m, a, c_ids, cols, /*need_rel=*/!plan.sides.empty(), r);
   gather_candidates(s_row, m, a, cols, plan, r);
   for (size_t k = 0; k < plan.cfg.size(); ++k) {
     const auto& mc = plan.cfg[k];
     ModeRow<scalar_t> row = unselected_sums(mc, r, m);
-    if (mc.select_positives) add_selected_positives(mc, selection, r, row);
-    if (mc.select_negatives) add_selected_negatives(mc, selection, r, row);
+    if (mc.select_positives) add_selected_positives(mc, *pair_selection, r, row);
+    if (mc.select_negatives) add_selected_negatives(mc, *pair_selection, r, row);
     write_mode_row(mc, row, stats + k * kStatCols,
                    state != nullptr ? state + k * kStateCols : nullptr);
   }
@@ -569,8 +571,8 @@ void add_negative_side_grad(const int64_t* kept, int64_t n, const scalar_t* sv, 
 template <typename scalar_t>
 void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64_t* a,
                   const int64_t* c_ids, const CandidateColumns* cols, const Plan& plan,
-                  const PairSelection& selection, const scalar_t* grad, const scalar_t* state,
-                  RowScratch<scalar_t>& r) {
+                  const std::optional<PairSelection>& pair_selection, const scalar_t* grad,
+                  const scalar_t* state, RowScratch<scalar_t>& r) {
   double lin[kRelations], slope[kRelations];
   unselected_coefficients(plan, grad, lin, slope);
   // slope is 0 for negatives: their gradient stays finite at a NaN similarity.
@@ -597,7 +599,7 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
     const int64_t* kept = r.kept[side_index].data();
     const int64_t n = r.n_kept[side_index];
     if (side.positive) {
-      add_positive_side_grad(kept, n, plan.cfg[side.mode].target, selection.gamma, sv, g, r);
+      add_positive_side_grad(kept, n, plan.cfg[side.mode].target, pair_selection->gamma, sv, g, r);
     } else {
       add_negative_side_grad(kept, n, sv, g, r);
     }
@@ -609,8 +611,8 @@ void backward_row(const scalar_t* s_row, scalar_t* d_row, int64_t m, const int64
 
 std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
-    at::IntArrayRef modes, at::ArrayRef<double> targets, const PairSelection& selection,
-    at::Tensor* sim) {
+    at::IntArrayRef modes, at::ArrayRef<double> targets,
+    const std::optional<PairSelection>& pair_selection, at::Tensor* sim) {
   const auto dtype = compute_dtype(za.scalar_type());
   const at::Tensor za_c = as_dtype(za, dtype).contiguous();
   const at::Tensor zc_c = as_dtype(zc, dtype).contiguous();
@@ -618,11 +620,11 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
   const at::Tensor c_c = c_ids.contiguous();
   const int64_t n = za.size(0), m = zc.size(0);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
-  const Plan plan(modes, targets, selection);
+  const Plan plan(modes, targets, pair_selection);
 
   at::Tensor stats = at::empty({n, n_modes, kStatCols}, za_c.options());
   at::Tensor state =
-      selection.enabled ? at::empty({n, n_modes, kStateCols}, za_c.options()) : at::Tensor();
+      pair_selection ? at::empty({n, n_modes, kStateCols}, za_c.options()) : at::Tensor();
   if (n == 0 || n_modes == 0) return {stats, state};
 
   const int64_t chunk = chunk_rows(n, m);
@@ -634,7 +636,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     // Any dtype: the relations and selection scans use them; the vector sums only for float.
     const auto cols = candidate_columns(a_ptr, n, c_ptr, m);
     scalar_t* stats_ptr = stats.data_ptr<scalar_t>();
-    scalar_t* state_ptr = selection.enabled ? state.data_ptr<scalar_t>() : nullptr;
+    scalar_t* state_ptr = pair_selection ? state.data_ptr<scalar_t>() : nullptr;
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const int64_t rows = std::min(chunk, n - begin);
       const at::Tensor s = chunk_similarities(za_c, zc_t, begin, rows, workspace);
@@ -645,7 +647,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
           const int64_t i = begin + r;
           forward_row<scalar_t>(
               s_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr, cols ? &*cols : nullptr, plan,
-              selection, stats_ptr + i * n_modes * kStatCols,
+              pair_selection, stats_ptr + i * n_modes * kStatCols,
               state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr, scratch);
         }
       });
@@ -690,18 +692,18 @@ constexpr int64_t kSymmetrizeMaxRows = 512;
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, const PairSelection& selection, const at::Tensor& state,
-    const at::Tensor& sim, bool same_rows) {
+    at::ArrayRef<double> targets, const std::optional<PairSelection>& pair_selection,
+    const at::Tensor& state, const at::Tensor& sim, bool same_rows) {
   const auto dtype = compute_dtype(za.scalar_type());
   const at::Tensor za_c = as_dtype(za, dtype).contiguous();
   const at::Tensor zc_c = same_rows ? za_c : as_dtype(zc, dtype).contiguous();
   const at::Tensor a_c = a_ids.contiguous();
   const at::Tensor c_c = same_rows ? a_c : c_ids.contiguous();
   const at::Tensor grad_c = as_dtype(grad_stats, dtype).contiguous();
-  const at::Tensor state_c = selection.enabled ? state.contiguous() : at::Tensor();
+  const at::Tensor state_c = pair_selection ? state.contiguous() : at::Tensor();
   const int64_t n = za.size(0), m = zc.size(0), d = za.size(1);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
-  const Plan plan(modes, targets, selection);
+  const Plan plan(modes, targets, pair_selection);
 
   if (n == 0 || n_modes == 0) {
     return {at::zeros({n, d}, za_c.options()),
@@ -727,7 +729,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
     // Any dtype: the relations and selection scans use them; the vector sums only for float.
     const auto cols = candidate_columns(a_ptr, n, c_ptr, m);
     const scalar_t* grad_ptr = grad_c.data_ptr<scalar_t>();
-    const scalar_t* state_ptr = selection.enabled ? state_c.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* state_ptr = pair_selection ? state_c.data_ptr<scalar_t>() : nullptr;
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const int64_t rows = std::min(chunk, n - begin);
       at::Tensor ds = kept ? workspace : chunk_similarities(za_c, zc_t, begin, rows, workspace);
@@ -739,7 +741,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
           const int64_t i = begin + r;
           backward_row<scalar_t>(
               s_ptr + r * m, ds_ptr + r * m, m, a_ptr + i * kDescCols, c_ptr,
-              cols ? &*cols : nullptr, plan, selection, grad_ptr + i * n_modes * kStatCols,
+              cols ? &*cols : nullptr, plan, pair_selection, grad_ptr + i * n_modes * kStatCols,
               state_ptr ? state_ptr + i * n_modes * kStateCols : nullptr, scratch);
         }
       });
@@ -771,20 +773,20 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets, const PairSelection& selection, const at::Tensor& state,
-    const at::Tensor& sim) {
+    at::ArrayRef<double> targets, const std::optional<PairSelection>& pair_selection,
+    const at::Tensor& state, const at::Tensor& sim) {
   auto [grad_za, grad_zc] = pair_stats_backward_impl(grad_stats, za, zc, a_ids, c_ids, modes,
-                                                     targets, selection, state, sim, false);
+                                                     targets, pair_selection, state, sim, false);
   return {as_dtype(grad_za, za.scalar_type()), as_dtype(grad_zc, zc.scalar_type())};
 }
 
 at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at::Tensor& z,
                                          const at::Tensor& ids, at::IntArrayRef modes,
                                          at::ArrayRef<double> targets,
-                                         const PairSelection& selection, const at::Tensor& state,
-                                         const at::Tensor& sim) {
-  return std::get<0>(pair_stats_backward_impl(grad_stats, z, z, ids, ids, modes, targets, selection,
-                                              state, sim, true));
+                                         const std::optional<PairSelection>& pair_selection,
+                                         const at::Tensor& state, const at::Tensor& sim) {
+  return std::get<0>(pair_stats_backward_impl(grad_stats, z, z, ids, ids, modes, targets,
+                                              pair_selection, state, sim, true));
 }
 
 }  // namespace hycon_ext::cpu

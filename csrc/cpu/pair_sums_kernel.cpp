@@ -10,7 +10,7 @@ at::Tensor pair_sums_cpu(const at::Tensor& za, const at::Tensor& zc, const at::T
                          const at::Tensor& c_ids, at::IntArrayRef modes,
                          at::ArrayRef<double> targets) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
-  return std::get<0>(cpu::pair_stats_forward(za, zc, a_ids, c_ids, modes, targets, {}));
+  return std::get<0>(cpu::pair_stats_forward(za, zc, a_ids, c_ids, modes, targets, std::nullopt));
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_sums_backward_cpu(
@@ -18,7 +18,7 @@ std::tuple<at::Tensor, at::Tensor> pair_sums_backward_cpu(
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets) {
   check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
-  return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, {},
+  return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, std::nullopt,
                                   at::Tensor());
 }
 
