@@ -71,6 +71,66 @@ __device__ __forceinline__ void load_tile_rows(TileRows& t, const int64_t* __res
   }
 }
 
+// The kA anchors one thread scores: rows a0 + ty + 16 i of the block's anchor tile.
+template <int kA>
+struct AnchorRows {
+  int64_t cls[kA];
+  int modality[kA], sample[kA];
+  bool valid[kA];
+};
+
+template <int kA>
+__device__ __forceinline__ void load_anchor_rows(AnchorRows<kA>& a,
+                                                 const int64_t* __restrict__ labels, int64_t k,
+                                                 int64_t rows, int64_t a0, int ty) {
+#pragma unroll
+  for (int i = 0; i < kA; ++i) {
+    const int64_t r = fused::lane_row(a0, ty, i);
+    a.valid[i] = r < rows;
+    a.sample[i] = a.valid[i] ? static_cast<int>(fused::row_sample(r, k)) : 0;
+    a.modality[i] = a.valid[i] ? static_cast<int>(fused::row_modality(r, k)) : -2;
+    a.cls[i] = a.valid[i] ? labels[a.sample[i]] : 0;
+  }
+}
+
+// The relation (fused::pair_relation) of the thread's anchor i and the tile's candidate c, or
+// -1 when either row lies outside Z.
+template <int kA>
+__device__ __forceinline__ int tile_relation(const AnchorRows<kA>& a, int i, const TileRows& cand,
+                                             int c) {
+  if (!a.valid[i] || cand.modality[c] < 0) return -1;
+  return fused::pair_relation(a.modality[i] == cand.modality[c], a.sample[i] == cand.sample[c],
+                              a.cls[i] == cand.cls[c]);
+}
+
+// s[i][j] = <Z[a0 + ty + 16 i], Z[c0 + tx + 16 j]>: the block's tile of S in registers, Z staged
+// kDepth feature columns at a time in sa / sb (shared).
+template <typename T, int kTileA, int kA, int kC>
+__device__ __forceinline__ void tile_similarities(const T* __restrict__ z, int64_t rows, int64_t d,
+                                                  int64_t a0, int64_t c0, T (*sa)[kTileA + 1],
+                                                  T (*sb)[kTileC + 1], T (&s)[kA][kC]) {
+  const int tx = threadIdx.x % kLanes, ty = threadIdx.x / kLanes;
+  for (int64_t k0 = 0; k0 < d; k0 += kDepth) {
+    stage_tile<T, kTileA>(z, rows, d, a0, k0, sa);
+    stage_tile<T, kTileC>(z, rows, d, c0, k0, sb);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kDepth; ++kk) {
+      T av[kA], bv[kC];
+#pragma unroll
+      for (int i = 0; i < kA; ++i) av[i] = sa[kk][ty + kLanes * i];
+#pragma unroll
+      for (int j = 0; j < kC; ++j) bv[j] = sb[kk][tx + kLanes * j];
+#pragma unroll
+      for (int i = 0; i < kA; ++i) {
+#pragma unroll
+        for (int j = 0; j < kC; ++j) s[i][j] = fma(av[i], bv[j], s[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+}
+
 // ---- forward ----
 
 // One warp a row: z[r] = softmax(x_m[i]) in T, r = m K + i.
@@ -108,17 +168,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t t_first = fused::split_first(blockIdx.y, splits, tiles);
   const int64_t t_last = fused::split_first(blockIdx.y + 1, splits, tiles);
 
-  int64_t a_cls[kA];
-  int a_mod[kA], a_smp[kA];
-  bool a_valid[kA];
-#pragma unroll
-  for (int i = 0; i < kA; ++i) {
-    const int64_t a = fused::lane_row(a0, ty, i);
-    a_valid[i] = a < rows;
-    a_smp[i] = a_valid[i] ? static_cast<int>(fused::row_sample(a, k)) : 0;
-    a_mod[i] = a_valid[i] ? static_cast<int>(fused::row_modality(a, k)) : -2;
-    a_cls[i] = a_valid[i] ? labels[a_smp[i]] : 0;
-  }
+  AnchorRows<kA> anchors;
+  load_anchor_rows(anchors, labels, k, rows, a0, ty);
   double acc[kA][kSums] = {};
   int count[kA][kCounts] = {};
 
@@ -127,35 +178,14 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // the previous tile's descriptors are no longer read
     load_tile_rows(cand, labels, k, rows, c0);
     T s[kA][kC] = {};
-    for (int64_t k0 = 0; k0 < d; k0 += kDepth) {
-      stage_tile<T, kStatsTileA>(z, rows, d, a0, k0, sa);
-      stage_tile<T, kTileC>(z, rows, d, c0, k0, sb);
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kDepth; ++kk) {
-        T av[kA], bv[kC];
-#pragma unroll
-        for (int i = 0; i < kA; ++i) av[i] = sa[kk][ty + kLanes * i];
-#pragma unroll
-        for (int j = 0; j < kC; ++j) bv[j] = sb[kk][tx + kLanes * j];
-#pragma unroll
-        for (int i = 0; i < kA; ++i) {
-#pragma unroll
-          for (int j = 0; j < kC; ++j) s[i][j] = fma(av[i], bv[j], s[i][j]);
-        }
-      }
-      __syncthreads();
-    }
+    tile_similarities<T, kStatsTileA>(z, rows, d, a0, c0, sa, sb, s);
 #pragma unroll
     for (int i = 0; i < kA; ++i) {
       T tile_sum[kSums] = {};
 #pragma unroll
       for (int j = 0; j < kC; ++j) {
-        const int c = tx + kLanes * j;
-        if (!a_valid[i] || cand.modality[c] < 0) continue;
-        const int rel = fused::pair_relation(a_mod[i] == cand.modality[c],
-                                             a_smp[i] == cand.sample[c], a_cls[i] == cand.cls[c]);
-        fused::add_pair(rel, s[i][j], alpha, tile_sum, count[i]);
+        const int rel = tile_relation(anchors, i, cand, tx + kLanes * j);
+        if (rel >= 0) fused::add_pair(rel, s[i][j], alpha, tile_sum, count[i]);
       }
 #pragma unroll
       for (int q = 0; q < kSums; ++q) acc[i][q] += tile_sum[q];
@@ -172,7 +202,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int q = 0; q < kCounts; ++q) count[i][q] += __shfl_xor_sync(0xffffffffu, count[i][q], o);
     }
-    if (tx == 0 && a_valid[i]) {
+    if (tx == 0 && anchors.valid[i]) {
       double* out = part + (int64_t(blockIdx.y) * rows + fused::lane_row(a0, ty, i)) * kRowSums;
 #pragma unroll
       for (int q = 0; q < kSums; ++q) out[q] = acc[i][q];
@@ -284,17 +314,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t a = a0 + e / kCoefs;
     coef_a[e / kCoefs][e % kCoefs] = a < rows ? coef[a * kCoefs + e % kCoefs] : T(0);
   }
-  int64_t a_cls[kA];
-  int a_mod[kA], a_smp[kA];
-  bool a_valid[kA];
-#pragma unroll
-  for (int i = 0; i < kA; ++i) {
-    const int64_t a = fused::lane_row(a0, ty, i);
-    a_valid[i] = a < rows;
-    a_smp[i] = a_valid[i] ? static_cast<int>(fused::row_sample(a, k)) : 0;
-    a_mod[i] = a_valid[i] ? static_cast<int>(fused::row_modality(a, k)) : -2;
-    a_cls[i] = a_valid[i] ? labels[a_smp[i]] : 0;
-  }
+  AnchorRows<kA> anchors;
+  load_anchor_rows(anchors, labels, k, rows, a0, ty);
   T acc[kA][kPerLane] = {};
 
   for (int64_t t = t_first; t < t_last; ++t) {
@@ -306,37 +327,14 @@ __global__ void __launch_bounds__(kThreads)
       coef_c[e / kCoefs][e % kCoefs] = c < rows ? coef[c * kCoefs + e % kCoefs] : T(0);
     }
     T s[kA][kC] = {};
-    for (int64_t k0 = 0; k0 < d; k0 += kDepth) {
-      stage_tile<T, kGradTileA>(z, rows, d, a0, k0, stage.mm.sa);
-      stage_tile<T, kTileC>(z, rows, d, c0, k0, stage.mm.sb);
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kDepth; ++kk) {
-        T av[kA], bv[kC];
-#pragma unroll
-        for (int i = 0; i < kA; ++i) av[i] = stage.mm.sa[kk][ty + kLanes * i];
-#pragma unroll
-        for (int j = 0; j < kC; ++j) bv[j] = stage.mm.sb[kk][tx + kLanes * j];
-#pragma unroll
-        for (int i = 0; i < kA; ++i) {
-#pragma unroll
-          for (int j = 0; j < kC; ++j) s[i][j] = fma(av[i], bv[j], s[i][j]);
-        }
-      }
-      __syncthreads();
-    }
+    tile_similarities<T, kGradTileA>(z, rows, d, a0, c0, stage.mm.sa, stage.mm.sb, s);
 #pragma unroll
     for (int i = 0; i < kA; ++i) {
 #pragma unroll
       for (int j = 0; j < kC; ++j) {
         const int c = tx + kLanes * j, ar = ty + kLanes * i;
-        T v = 0;
-        if (a_valid[i] && cand.modality[c] >= 0) {
-          const int rel = fused::pair_relation(a_mod[i] == cand.modality[c],
-                                               a_smp[i] == cand.sample[c], a_cls[i] == cand.cls[c]);
-          v = fused::pair_grad(rel, s[i][j], coef_a[ar], coef_c[c]);
-        }
-        g[ar][c] = v;
+        const int rel = tile_relation(anchors, i, cand, c);
+        g[ar][c] = rel >= 0 ? fused::pair_grad(rel, s[i][j], coef_a[ar], coef_c[c]) : T(0);
       }
     }
 #pragma unroll
@@ -367,7 +365,7 @@ __global__ void __launch_bounds__(kThreads)
   // Column tx + 16 q of a row is acc[i][q] (columns of step cz are cz + tx + 16 q').
 #pragma unroll
   for (int i = 0; i < kA; ++i) {
-    if (!a_valid[i]) continue;
+    if (!anchors.valid[i]) continue;
     T* out = part + (int64_t(blockIdx.y) * rows + fused::lane_row(a0, ty, i)) * d;
 #pragma unroll
     for (int q = 0; q < kPerLane; ++q) {
