@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from train import main as train_main  # noqa: E402
+from train.checks import check_args  # noqa: E402
 from train.paper_tables import PAPER_COLUMNS, TABLES  # noqa: E402
 
 # main.py flags the runner sets itself, per row and seed
@@ -125,7 +126,7 @@ def check_row_flags(argv):
         raise ValueError(
             f"{unknown[0]}: not a train/main.py flag (see python train/main.py --help)"
         )
-    train_main.loss_settings(parsed)  # raises ValueError for contradictory loss flags
+    check_args(parsed)  # main.py's own checks: ranges and contradictory flags
     return {k: v for k, v in vars(parsed).items() if k != "resume"}
 
 

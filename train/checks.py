@@ -2,6 +2,7 @@
 one line names the flag and what was expected; main.cli() prints it and exits with status 2."""
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -54,11 +55,57 @@ def check_args(args):
         check_options(alpha=args.alpha, beta=args.beta, gamma=args.gamma, lambdas=lambda_list(args))
     except ValueError as err:
         raise ValueError(f"--{err}") from None
+    check_loss_flags(args)
     seed_list(args)
+    check_out(args.out)
     check_device(args.device)
     check_backend(args)
     if args.text_encoder != "transformer" and args.pretrained:
         check_pretrained(args.pretrained)
+
+
+def check_loss_flags(args):
+    """Flag combinations that would do nothing, refused rather than ignored."""
+    _require(
+        not (args.no_positive_selection or args.no_negative_selection) or args.pair_selection,
+        "--no-positive-selection/--no-negative-selection: need --pair-selection (HyCon-v2)",
+    )
+    _require(
+        args.contrastive_loss == "hycon" or not (args.pair_selection or args.no_refinement),
+        f"--pair-selection/--no-refinement: apply to --contrastive-loss hycon only, "
+        f"not {args.contrastive_loss!r}",
+    )
+    _require(
+        args.memory_size >= 0,
+        f"--memory-size: expected an integer >= 0 (0 = off), got {args.memory_size}",
+    )
+    _require(
+        not args.memory_size or (args.contrastive_loss == "hycon" and not args.no_contrastive),
+        "--memory-size: applies to the hycon loss only (not with --no-contrastive or a "
+        "--contrastive-loss comparison loss)",
+    )
+    if args.triplet_margin is not None:
+        _require(
+            args.contrastive_loss in ("triplet", "hard-triplet"),
+            f"--triplet-margin: applies to --contrastive-loss triplet or hard-triplet, "
+            f"not {args.contrastive_loss!r}",
+        )
+        _require(
+            math.isfinite(args.triplet_margin) and args.triplet_margin >= 0,
+            f"--triplet-margin: expected a finite number >= 0, got {args.triplet_margin}",
+        )
+
+
+def check_out(out):
+    """--out: a folder, or a path where one can be made (made when the run starts)."""
+    path = Path(out)
+    _require(not path.exists() or path.is_dir(), f"--out: expected a folder, got the file {path}")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    _require(
+        path.exists() or (parent is not None and parent.is_dir() and os.access(parent, os.W_OK)),
+        f"--out: cannot make the folder {path} (its nearest existing parent {parent} is not a "
+        f"writable folder)",
+    )
 
 
 def lambda_list(args):

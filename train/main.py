@@ -237,29 +237,11 @@ def build_parser():
 
 
 def loss_settings(args):
-    """hybrid_loss keyword arguments from the ablation flags; errors for flags that do nothing."""
+    """hybrid_loss keyword arguments from the ablation flags (checked by check_args)."""
     lambdas = lambda_list(args)
     for i, off in enumerate((args.no_iamcl, args.no_iemcl, args.no_scl)):
         if off:
             lambdas[i] = 0.0
-    if (args.no_positive_selection or args.no_negative_selection) and not args.pair_selection:
-        raise ValueError(
-            "--no-positive-selection/--no-negative-selection: need --pair-selection (HyCon-v2)"
-        )
-    if args.contrastive_loss != "hycon" and (args.pair_selection or args.no_refinement):
-        raise ValueError(
-            f"--pair-selection/--no-refinement: apply to --contrastive-loss hycon only, "
-            f"not {args.contrastive_loss!r}"
-        )
-    if args.memory_size < 0:
-        raise ValueError(
-            f"--memory-size: expected an integer >= 0 (0 = off), got {args.memory_size}"
-        )
-    if args.memory_size and (args.contrastive_loss != "hycon" or args.no_contrastive):
-        raise ValueError(
-            "--memory-size: applies to the hycon loss only (not with --no-contrastive or a "
-            "--contrastive-loss comparison loss)"
-        )
     kw = dict(
         alpha=1.0 if args.no_margin else args.alpha,
         beta=args.beta,
@@ -276,15 +258,6 @@ def loss_settings(args):
             refinement=not args.no_refinement,
         )
     if args.triplet_margin is not None:
-        if args.contrastive_loss not in ("triplet", "hard-triplet"):
-            raise ValueError(
-                f"--triplet-margin: applies to --contrastive-loss triplet or hard-triplet, "
-                f"not {args.contrastive_loss!r}"
-            )
-        if not (np.isfinite(args.triplet_margin) and args.triplet_margin >= 0):
-            raise ValueError(
-                f"--triplet-margin: expected a finite number >= 0, got {args.triplet_margin}"
-            )
         kw["triplet_margin"] = args.triplet_margin
     return kw
 
@@ -528,7 +501,10 @@ def _plot_all_tsne(args, info, test_outputs, out, log):
 def _train(args, ctx, device):
     log = distributed.main_only(print, ctx)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out: cannot make the folder {out} ({err.strerror})") from None
     seeds = seed_list(args)
     lr, epochs = _lr_and_epochs(args)
     if args.demo and args.lr is None:

@@ -84,6 +84,10 @@ def assert_one_line_error(code, err, *parts):
         ),
         (["--max-seq-len", "0"], ["--max-seq-len: expected at least 1"]),
         (["--num-workers", "-1"], ["--num-workers: expected 0 or more"]),
+        (["--no-negative-selection"], ["need --pair-selection (HyCon-v2)"]),
+        (["--memory-size", "-3"], ["--memory-size: expected an integer >= 0 (0 = off), got -3"]),
+        (["--memory-size", "8", "--no-contrastive"], ["--memory-size: applies to the hycon"]),
+        (["--triplet-margin", "0.5"], ["--triplet-margin: applies to --contrastive-loss"]),
     ],
 )
 def test_bad_flags_end_in_one_line_naming_the_flag(monkeypatch, capsys, tmp_path, flags, parts):
@@ -93,6 +97,19 @@ def test_bad_flags_end_in_one_line_naming_the_flag(monkeypatch, capsys, tmp_path
     )
     assert_one_line_error(code, err, *parts)
     assert not out.exists()  # refused before any work
+
+
+def test_an_out_that_is_a_file_is_refused(monkeypatch, capsys, tmp_path):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("kept")
+    for out, part in [
+        (a_file, f"--out: expected a folder, got the file {a_file}"),
+        (a_file / "run", f"--out: cannot make the folder {a_file / 'run'}"),
+    ]:
+        code, err = run_cli(monkeypatch, capsys, ["--dataset", "mosi", "--demo", "--out", str(out)])
+        assert_one_line_error(code, err, part)
+    assert a_file.read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]  # nothing written
 
 
 def test_cuda_on_a_cpu_build_is_refused(monkeypatch, capsys, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from train.checks import check_args
 from train.data import write_demo
 from train.main import build_parser, cli, loss_settings, main
 
@@ -253,7 +254,7 @@ def test_loss_settings_map_the_ablation_flags():
 )
 def test_contradictory_flags_are_errors(argv, match):
     with pytest.raises(ValueError, match=match):
-        loss_settings(build_parser().parse_args(["--dataset", "mosi"] + argv))
+        check_args(build_parser().parse_args(["--dataset", "mosi"] + argv))
 
 
 def test_cli_reports_a_missing_file_clearly(tmp_path, monkeypatch, capsys):
