@@ -297,16 +297,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_values_backward_generic(
 TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
   m.def(
       "loss_values(Tensor x_l, Tensor x_a, Tensor x_v, Tensor labels, float alpha, "
-      "float[] lambdas, int h, float gamma, bool select_positives, bool select_negatives, bool "
-      "pair_selection, "
-      "bool refinement) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor)");
+      "float[] lambdas, int h, float gamma, bool select_positives, bool select_negatives, "
+      "bool pair_selection, bool refinement) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "loss_values_backward(Tensor grad_losses, Tensor labels, Tensor z, float alpha, "
-      "float[] lambdas, float gamma, bool select_positives, bool select_negatives, bool "
-      "pair_selection, "
-      "bool refinement, Tensor terms, Tensor stats, Tensor state, Tensor sim, "
-      "ScalarType dtype) -> (Tensor, Tensor, Tensor)");
+      "float[] lambdas, float gamma, bool select_positives, bool select_negatives, "
+      "bool pair_selection, bool refinement, Tensor terms, Tensor stats, Tensor state, "
+      "Tensor sim, ScalarType dtype) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hycon_ext, CPU, m) {

@@ -217,9 +217,8 @@ at::Tensor grad_stats_from_terms_cpu(const at::Tensor& grad_terms, const at::Ten
 TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
   m.def(
       "pair_terms(Tensor za, Tensor zc, Tensor a_ids, Tensor c_ids, int[] modes, "
-      "float[] targets, int h, float gamma, bool select_positives, bool select_negatives, bool "
-      "pair_selection, "
-      "bool refinement) -> (Tensor, Tensor, Tensor)");
+      "float[] targets, int h, float gamma, bool select_positives, bool select_negatives, "
+      "bool pair_selection, bool refinement) -> (Tensor, Tensor, Tensor)");
   m.def(
       "pair_terms_backward(Tensor grad_terms, Tensor za, Tensor zc, Tensor a_ids, "
       "Tensor c_ids, int[] modes, float[] targets, float gamma, bool select_positives, "
