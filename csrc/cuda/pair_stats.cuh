@@ -269,7 +269,7 @@ __global__ void __launch_bounds__(kThreads)
   Threshold<T> t[K];
   T sum_p[K], sum_n[K];
   bool select_positives[K], select_negatives[K];
-  bool any_sel_neg = false;
+  bool any_select_negatives = false;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const bool on = k < g.n;
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kThreads)
     sum_p[k] = sum_n[k] = T(1);
     select_positives[k] = kSelect && on && g.select_positives[k];
     select_negatives[k] = kSelect && on && g.select_negatives[k];
-    any_sel_neg = any_sel_neg || select_negatives[k];
+    any_select_negatives = any_select_negatives || select_negatives[k];
     if (kSelect && on) {
       const T* st = state.at(row, k, kStateCols);
       t[k] = {st[kStateTp], st[kStateJp], st[kStateTn], st[kStateJn], st[kStateMp]};
@@ -293,7 +293,7 @@ __global__ void __launch_bounds__(kThreads)
   // Pass A (weighted negatives only): neg_sum = sum_kept s e^s / sum_n, needed by
   // d neg_sum / d s_j = w_j (1 + s_j - neg_sum).
   T neg_sum[K] = {};
-  if (kSelect && any_sel_neg) {
+  if (kSelect && any_select_negatives) {
     for (int64_t j = threadIdx.x; j < m; j += kThreads) {
       const T s = s_row[j];
       const Candidate c = load_candidate(c_cols, m, j);
