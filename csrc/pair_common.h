@@ -162,20 +162,27 @@ inline void check_selection_state(const at::Tensor& state, const at::Tensor& za,
 }
 
 // The backward ops' arguments, checked alike by the CPU and CUDA kernels.
+// constant_rows: how many of zc's last rows are constants (no gradient), 0 .. M.
+inline void check_constant_rows(int64_t constant_rows, const at::Tensor& zc) {
+  TORCH_CHECK(constant_rows >= 0 && constant_rows <= zc.size(0), "constant_rows must be in [0, ",
+              zc.size(0), "] (the rows of zc), got ", constant_rows);
+}
+
 inline void check_pair_sums_backward_args(const at::Tensor& grad_stats, const at::Tensor& za,
                                           const at::Tensor& zc, const at::Tensor& a_ids,
                                           const at::Tensor& c_ids, at::IntArrayRef modes,
-                                          at::ArrayRef<double> targets) {
+                                          at::ArrayRef<double> targets, int64_t constant_rows) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
   check_row_table(grad_stats, "grad_stats", za, static_cast<int64_t>(modes.size()), kStatCols);
+  check_constant_rows(constant_rows, zc);
 }
 
 inline void check_hard_pair_sums_backward_args(const at::Tensor& grad_stats, const at::Tensor& za,
                                                const at::Tensor& zc, const at::Tensor& a_ids,
                                                const at::Tensor& c_ids, at::IntArrayRef modes,
                                                at::ArrayRef<double> targets, double gamma,
-                                               const at::Tensor& state) {
-  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
+                                               const at::Tensor& state, int64_t constant_rows) {
+  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, constant_rows);
   check_selection_args(/*h=*/1, gamma);
   check_selection_state(state, za, static_cast<int64_t>(modes.size()));
 }

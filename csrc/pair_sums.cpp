@@ -13,16 +13,14 @@ at::Tensor pair_sums(const at::Tensor& za, const at::Tensor& zc, const at::Tenso
   return op.call(za, zc, a_ids, c_ids, modes, targets);
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_sums_backward(const at::Tensor& grad_stats,
-                                                      const at::Tensor& za, const at::Tensor& zc,
-                                                      const at::Tensor& a_ids,
-                                                      const at::Tensor& c_ids,
-                                                      at::IntArrayRef modes,
-                                                      at::ArrayRef<double> targets) {
+std::tuple<at::Tensor, at::Tensor> pair_sums_backward(
+    const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
+    const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
+    at::ArrayRef<double> targets, int64_t constant_rows) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_sums_backward", "")
                        .typed<decltype(pair_sums_backward)>();
-  return op.call(grad_stats, za, zc, a_ids, c_ids, modes, targets);
+  return op.call(grad_stats, za, zc, a_ids, c_ids, modes, targets, constant_rows);
 }
 
 TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
@@ -31,7 +29,7 @@ TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
       "float[] targets) -> Tensor");
   m.def(
       "pair_sums_backward(Tensor grad_stats, Tensor za, Tensor zc, Tensor a_ids, "
-      "Tensor c_ids, int[] modes, float[] targets) -> (Tensor, Tensor)");
+      "Tensor c_ids, int[] modes, float[] targets, int constant_rows=0) -> (Tensor, Tensor)");
 }
 
 }  // namespace hycon_ext

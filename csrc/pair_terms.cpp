@@ -19,24 +19,26 @@ namespace hycon_ext {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
     at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
-    bool select_positives, bool select_negatives, bool pair_selection, bool refinement) {
+    bool select_positives, bool select_negatives, bool pair_selection, bool refinement,
+    int64_t constant_rows) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_terms", "")
                        .typed<decltype(pair_terms)>();
   return op.call(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives, select_negatives,
-                 pair_selection, refinement);
+                 pair_selection, refinement, constant_rows);
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_terms_backward(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
-    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state,
+    int64_t constant_rows) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hycon_ext::pair_terms_backward", "")
                        .typed<decltype(pair_terms_backward)>();
   return op.call(grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_positives,
-                 select_negatives, pair_selection, refinement, stats, state);
+                 select_negatives, pair_selection, refinement, stats, state, constant_rows);
 }
 
 namespace {
@@ -153,16 +155,19 @@ at::Tensor grad_stats_generic(const at::Tensor& grad_terms, const at::Tensor& st
 
 void check_terms_args(const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids,
                       const at::Tensor& c_ids, at::IntArrayRef modes, at::ArrayRef<double> targets,
-                      int64_t h, double gamma, bool pair_selection) {
+                      int64_t h, double gamma, bool pair_selection, int64_t constant_rows) {
   check_pair_inputs(za, zc, a_ids, c_ids, modes, targets);
   if (pair_selection) check_selection_args(h, gamma);
+  check_constant_rows(constant_rows, zc);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_kernel(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
     at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
-    bool select_positives, bool select_negatives, bool pair_selection, bool refinement) {
-  check_terms_args(za, zc, a_ids, c_ids, modes, targets, h, gamma, pair_selection);
+    bool select_positives, bool select_negatives, bool pair_selection, bool refinement,
+    int64_t constant_rows) {
+  // constant_rows only matters to the backward; checked here so a bad value fails at once.
+  check_terms_args(za, zc, a_ids, c_ids, modes, targets, h, gamma, pair_selection, constant_rows);
   at::AutoDispatchBelowADInplaceOrView guard;
   at::Tensor stats, state;
   if (pair_selection) {
@@ -181,8 +186,10 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward_kernel(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
-    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
-  check_terms_args(za, zc, a_ids, c_ids, modes, targets, /*h=*/1, gamma, pair_selection);
+    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state,
+    int64_t constant_rows) {
+  check_terms_args(za, zc, a_ids, c_ids, modes, targets, /*h=*/1, gamma, pair_selection,
+                   constant_rows);
   const int64_t n_modes = static_cast<int64_t>(modes.size());
   check_row_table(stats, "stats", za, n_modes, kStatCols);
   TORCH_CHECK(grad_terms.dim() == 2 && grad_terms.size(0) == 2 && grad_terms.size(1) == n_modes,
@@ -198,9 +205,9 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward_kernel(
                                                : grad_stats_generic(grad_terms, stats, coef);
   if (pair_selection) {
     return hard_pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
-                                   select_positives, select_negatives, state);
+                                   select_positives, select_negatives, state, constant_rows);
   }
-  return pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets);
+  return pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, constant_rows);
 }
 
 }  // namespace
@@ -218,12 +225,12 @@ TORCH_LIBRARY_FRAGMENT(hycon_ext, m) {
   m.def(
       "pair_terms(Tensor za, Tensor zc, Tensor a_ids, Tensor c_ids, int[] modes, "
       "float[] targets, int h, float gamma, bool select_positives, bool select_negatives, "
-      "bool pair_selection, bool refinement) -> (Tensor, Tensor, Tensor)");
+      "bool pair_selection, bool refinement, int constant_rows=0) -> (Tensor, Tensor, Tensor)");
   m.def(
       "pair_terms_backward(Tensor grad_terms, Tensor za, Tensor zc, Tensor a_ids, "
       "Tensor c_ids, int[] modes, float[] targets, float gamma, bool select_positives, "
-      "bool select_negatives, bool pair_selection, bool refinement, Tensor stats, Tensor state) "
-      "-> (Tensor, Tensor)");
+      "bool select_negatives, bool pair_selection, bool refinement, Tensor stats, Tensor state, "
+      "int constant_rows=0) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hycon_ext, CPU, m) {

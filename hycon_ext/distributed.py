@@ -194,12 +194,15 @@ def loss_over_ranks(xs, labels, *, memory, group, scale_for_ddp, lambdas, reduct
     else:
         k_global, z_batch, cand_labels = labels.shape[0], z_anchor, labels
         a_ids = c_ids = row_descriptors(labels, n_mod)
-    z_cand, n_samples = z_batch, k_global
+    z_cand, n_samples, constant_rows = z_batch, k_global, 0
     held = None if memory is None else memory.candidates(z_batch, n_mod, sample_offset=k_global)
     if held is not None:
         z_cand, c_ids = torch.cat((z_batch, held[0])), torch.cat((c_ids, held[1]))
         n_samples += held[0].shape[0] // n_mod
-    local = hycon_terms(z_anchor, z_cand, a_ids, c_ids, n_samples=n_samples, **options)
+        constant_rows = held[0].shape[0]  # the memory's rows are detached: no gradient to compute
+    local = hycon_terms(
+        z_anchor, z_cand, a_ids, c_ids, n_samples=n_samples, constant_rows=constant_rows, **options
+    )
     if memory is not None:
         memory.push(z_batch.detach().reshape(n_mod, k_global, d), cand_labels)
     if not distributed:

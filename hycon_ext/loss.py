@@ -252,12 +252,15 @@ def hycon_terms(
     select_negatives: bool = True,
     refinement: bool = True,
     backend: str = "auto",
+    constant_rows: int = 0,
 ) -> HyConTerms:
     """Un-normalised HyCon terms of some anchor rows against a candidate set (for DDP).
 
     z_anchor (N, d), z_cand (M, d): softmax-normalised rows; a_ids, c_ids: their descriptors
     (pairs.row_descriptors with global sample ids, so an anchor's own row among the candidates
     is recognised); n_samples: the global batch size K, which sets h = max(1, floor(beta * K)).
+    constant_rows: the last constant_rows rows of z_cand are constants (e.g. a cross-batch
+    memory): they get no gradient, and none is computed for them.
     Returns HyConTerms(sums, counts), each (3,) ordered (iamcl, iemcl, scl);
     terms_to_output(HyConTerms(all_reduced_sums, all_reduced_counts), lambdas) gives the loss.
     """
@@ -288,6 +291,15 @@ def hycon_terms(
     _check_not_meta("z_anchor", z_anchor)
     if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
         raise ValueError(f"n_samples: expected a positive integer, got {n_samples!r}")
+    if (
+        isinstance(constant_rows, bool)
+        or not isinstance(constant_rows, numbers.Integral)
+        or not 0 <= constant_rows <= z_cand.shape[0]
+    ):
+        raise ValueError(
+            f"constant_rows: expected an integer in [0, {z_cand.shape[0]}] (the rows of z_cand), "
+            f"got {constant_rows!r}"
+        )
     ops = _resolve_backend(backend, z_anchor.device)
     return _terms(
         ops,
@@ -302,6 +314,7 @@ def hycon_terms(
         select_negatives,
         pair_selection,
         refinement,
+        constant_rows,
     )
 
 
@@ -318,6 +331,7 @@ def _terms(
     select_negatives,
     pair_selection,
     refinement,
+    constant_rows=0,
 ):
     terms = ops.pair_terms(
         za,
@@ -332,6 +346,7 @@ def _terms(
         bool(select_negatives),
         bool(pair_selection),
         bool(refinement),
+        int(constant_rows),
     )
     return HyConTerms(terms[0], terms[1])
 

@@ -119,10 +119,13 @@ def pair_terms(
     select_negatives: bool,
     pair_selection: bool,
     refinement: bool,
+    constant_rows: int = 0,
 ) -> Tensor:
     """Loss terms (2, len(modes)) = [per-mode sums over anchors; anchors with a positive].
 
     pair_selection=False ignores h, gamma, select_positives and select_negatives (pair_sums' stats).
+    The last constant_rows rows of zc are constants (e.g. a cross-batch memory): they get no
+    gradient, and none is computed for them.
     """
     _require_built()
     terms, _stats, _state = torch.ops.hycon_ext.pair_terms(
@@ -138,6 +141,7 @@ def pair_terms(
         bool(select_negatives),
         bool(pair_selection),
         bool(refinement),
+        int(constant_rows),
     )
     return terms
 
@@ -199,7 +203,7 @@ def _register_fakes() -> None:
         return za.new_empty((za.shape[0], len(modes), _STAT_COLS), dtype=_compute_dtype(za.dtype))
 
     @torch.library.register_fake(lib + "pair_sums_backward")
-    def _(grad_stats, za, zc, a_ids, c_ids, modes, targets):
+    def _(grad_stats, za, zc, a_ids, c_ids, modes, targets, constant_rows=0):
         return torch.empty_like(za), torch.empty_like(zc)
 
     @torch.library.register_fake(lib + "hard_pair_sums")
@@ -222,6 +226,7 @@ def _register_fakes() -> None:
         select_positives,
         select_negatives,
         state,
+        constant_rows=0,
     ):
         return torch.empty_like(za), torch.empty_like(zc)
 
@@ -239,6 +244,7 @@ def _register_fakes() -> None:
         select_negatives,
         pair_selection,
         refinement,
+        constant_rows=0,
     ):
         dtype = _compute_dtype(za.dtype)
         n_modes = len(modes)
@@ -263,6 +269,7 @@ def _register_fakes() -> None:
         refinement,
         stats,
         state,
+        constant_rows=0,
     ):
         return torch.empty_like(za), torch.empty_like(zc)
 

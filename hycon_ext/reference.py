@@ -199,9 +199,20 @@ def pair_terms(
     select_negatives,
     pair_selection,
     refinement,
+    constant_rows=0,
 ):
     """Loss terms (2, len(modes)) of pair_sums (pair_selection=False; h, gamma, select_positives and
-    select_negatives are then ignored) or hard_pair_sums stats: see terms_from_stats."""
+    select_negatives are then ignored) or hard_pair_sums stats: see terms_from_stats. The last
+    constant_rows rows of zc are constants: no gradient flows to them."""
+    if not 0 <= constant_rows <= zc.shape[0]:
+        raise ValueError(
+            f"constant_rows: expected an integer in [0, {zc.shape[0]}] (the rows of zc), "
+            f"got {constant_rows}"
+        )
+    if constant_rows:
+        zc = torch.cat(
+            (zc[: zc.shape[0] - constant_rows], zc[zc.shape[0] - constant_rows :].detach())
+        )
     if pair_selection:
         stats = hard_pair_sums(
             za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives, select_negatives

@@ -240,6 +240,23 @@ def test_many_modes_and_several_chunks_match_cpu(ops):
     assert_cuda_matches_cpu(fn, za, zc, **tol)
 
 
+@pytest.mark.parametrize("pair_selection", [False, True])
+@pytest.mark.parametrize("k", [30, 2200])  # one chunk; several
+def test_constant_rows_match_cpu(ops, pair_selection, k):
+    """pair_terms with the last rows of zc constants: zero gradient there, the rest as on CPU."""
+    za, zc, a_ids, c_ids = make_problem(k, d=6, seed=8)
+    constant_rows = zc.shape[0] // 3
+
+    def fn(za, zc):
+        a, c = on(za.device, a_ids, c_ids)
+        args = (ALL_MODES, TARGETS, 3, 1.0, True, True, pair_selection, True, constant_rows)
+        return ops.pair_terms(za, zc, a, c, *args)
+
+    assert_cuda_matches_cpu(fn, za, zc, **TOLERANCES[torch.float64])
+    _, _, grad_zc = values_and_grads(fn, za, zc, "cuda")
+    assert grad_zc[-constant_rows:].eq(0).all() and grad_zc[:-constant_rows].abs().sum() > 0
+
+
 @pytest.mark.parametrize("n,m", [(0, 6), (6, 0), (0, 0)])
 def test_empty_inputs_match_cpu(ops, n, m):
     za, zc = torch.full((n, 4), 0.25), torch.full((m, 4), 0.25)

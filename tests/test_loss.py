@@ -293,6 +293,39 @@ def test_hycon_terms_bad_input_names_the_argument():
     for args, error, message in cases:
         with pytest.raises(error, match=message):
             hycon_terms(*args, n_samples=2, backend="reference")
+    for constant_rows in (-1, 7, True, 1.0):
+        with pytest.raises(ValueError, match=r"constant_rows: expected an integer in \[0, 6\]"):
+            hycon_terms(z, z, ids, ids, n_samples=2, constant_rows=constant_rows)
+
+
+@pytest.mark.parametrize("options", [{}, dict(pair_selection=True, beta=0.5)])
+def test_hycon_terms_constant_rows_are_candidates_without_gradient(backend, options):
+    gen = torch.Generator().manual_seed(3)
+    z = torch.softmax(torch.randn(12, 5, generator=gen, dtype=torch.float64), -1)
+    ids = pairs.row_descriptors(torch.randint(0, 2, (4,), generator=gen), 3)
+    held = torch.softmax(torch.randn(9, 5, generator=gen, dtype=torch.float64), -1)
+    held_ids = pairs.row_descriptors(torch.randint(0, 2, (3,), generator=gen), 3, sample_offset=4)
+    c_ids = torch.cat((ids, held_ids))
+    results = []
+    for constant_rows in (0, 9):
+        z_leaf, held_leaf = z.clone().requires_grad_(), held.clone().requires_grad_()
+        terms = hycon_terms(
+            z_leaf,
+            torch.cat((z_leaf, held_leaf)),
+            ids,
+            c_ids,
+            n_samples=7,
+            backend=backend,
+            constant_rows=constant_rows,
+            **options,
+        )
+        terms.sums.sum().backward()
+        results.append((terms.sums.detach(), terms.counts, z_leaf.grad, held_leaf.grad))
+    (sums, counts, grad_z, grad_held), (sums_c, counts_c, grad_z_c, grad_held_c) = results
+    torch.testing.assert_close(sums_c, sums, atol=0, rtol=0)
+    torch.testing.assert_close(counts_c, counts, atol=0, rtol=0)
+    torch.testing.assert_close(grad_z_c, grad_z, atol=1e-13, rtol=1e-12)
+    assert grad_held.abs().sum() > 0 and grad_held_c.eq(0).all()
 
 
 def test_module_validates_options_at_construction():

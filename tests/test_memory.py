@@ -178,6 +178,27 @@ def test_memory_moves_with_the_module_and_checks_its_layout():
             HyConLoss(memory_size=bad)
 
 
+def test_memory_rows_are_passed_as_constants(backend, monkeypatch):
+    """The loss tells the op that the memory's rows are constants, so their gradient is not
+    computed (the values and the batch's gradients are checked against the oracle above)."""
+    from hycon_ext import loss as loss_module
+
+    seen = []
+    terms = loss_module._terms
+
+    def spy(ops, za, zc, *rest):
+        constant_rows = rest[-1]
+        seen.append((zc.shape[0], constant_rows))
+        return terms(ops, za, zc, *rest)
+
+    monkeypatch.setattr(loss_module, "_terms", spy)
+    module = HyConLoss(memory_size=5, backend=backend)
+    for xs, labels in _batches(3, (4, 4), 3, seed=9):
+        module(*xs, labels)
+    # first call: 12 batch rows, nothing held; second: 12 + 3 x 4 held rows, those 12 constant
+    assert seen == [(12, 0), (24, 12)]
+
+
 def test_memory_off_is_the_plain_loss():
     [(xs, labels)] = _batches(2, (5,), 4, seed=15)
     module = HyConLoss(backend="reference")

@@ -384,6 +384,75 @@ def test_pair_terms_zero_positive_sum_and_nan():
         assert not terms[1].isnan().any()  # counts stay counts
 
 
+def _terms_and_grads(module, za, zc, a_ids, c_ids, pair_selection, constant_rows):
+    za, zc = leaves(za, zc)
+    terms = module.pair_terms(
+        za,
+        zc,
+        a_ids,
+        c_ids,
+        ALL_MODES,
+        TARGETS,
+        3,
+        1.0,
+        True,
+        True,
+        pair_selection,
+        True,
+        constant_rows,
+    )
+    weights = torch.randn(
+        terms.shape, generator=torch.Generator().manual_seed(5), dtype=terms.dtype
+    )
+    (terms * weights).sum().backward()
+    return terms.detach(), za.grad, zc.grad
+
+
+@pytest.mark.parametrize("pair_selection", [False, True])
+@pytest.mark.parametrize("k, anchor_step", [(7, 3), (12000, 200)])  # one chunk, several
+def test_pair_terms_constant_rows(pair_selection, k, anchor_step):
+    """The last constant_rows rows of zc get a zero gradient, without computing theirs; the
+    terms and every other gradient are those of the full op."""
+    za, zc, a_ids, c_ids = make_problem(
+        k, d=3, seed=40, anchor_rows=torch.arange(0, 3 * k, anchor_step)
+    )
+    m = zc.shape[0]
+    full = _terms_and_grads(ops, za, zc, a_ids, c_ids, pair_selection, 0)
+    for constant_rows in (m // 3, m):
+        terms, grad_za, grad_zc = _terms_and_grads(
+            ops, za, zc, a_ids, c_ids, pair_selection, constant_rows
+        )
+        head = m - constant_rows
+        assert torch.equal(terms, full[0]) and torch.equal(grad_za, full[1])
+        torch.testing.assert_close(grad_zc[:head], full[2][:head], atol=1e-13, rtol=1e-12)
+        assert grad_zc[head:].eq(0).all() and full[2][head:].abs().sum() > 0
+        ref = _terms_and_grads(reference, za, zc, a_ids, c_ids, pair_selection, constant_rows)
+        for ext_value, ref_value in zip((terms, grad_za, grad_zc), ref):
+            torch.testing.assert_close(ext_value, ref_value, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("module", [ops, reference], ids=["ext", "reference"])
+@pytest.mark.parametrize("constant_rows", [-1, 22])
+def test_pair_terms_constant_rows_out_of_range(module, constant_rows):
+    za, zc, a_ids, c_ids = make_problem(7, seed=41)  # 21 candidate rows
+    with pytest.raises((RuntimeError, ValueError), match=r"constant_rows.*\[0, 21\].*got"):
+        module.pair_terms(
+            za,
+            zc,
+            a_ids,
+            c_ids,
+            ALL_MODES,
+            TARGETS,
+            2,
+            1.0,
+            True,
+            True,
+            False,
+            True,
+            constant_rows,
+        )
+
+
 @pytest.mark.skipif(not ops.is_available("cuda"), reason="no CUDA device")
 @pytest.mark.parametrize("pair_selection,refinement", TERMS_OPTIONS)
 def test_pair_terms_cuda_matches_cpu(pair_selection, refinement):
@@ -647,6 +716,10 @@ def _opcheck_cases(make_batch):
         (hc.pair_sums.default, (za, zc, a_ids, c_ids, ALL_MODES, TARGETS)),
         (hc.pair_sums_backward.default, (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS)),
         (
+            hc.pair_sums_backward.default,
+            (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 4),
+        ),
+        (
             hc.hard_pair_sums.default,
             (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 1.0, True, False),
         ),
@@ -667,12 +740,21 @@ def _opcheck_cases(make_batch):
             ),
         ),
         (
+            hc.hard_pair_sums_backward.default,
+            (grad_stats, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True)
+            + (state.detach(), 6),
+        ),
+        (
             hc.pair_terms.default,
             (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 0, 1.0, True, True, False, True),
         ),
         (
             hc.pair_terms.default,
             (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 0.5, True, True, True, False),
+        ),
+        (
+            hc.pair_terms.default,
+            (za, zc, a_ids, c_ids, ALL_MODES, TARGETS, 2, 0.5, True, True, True, False, 5),
         ),
         (
             hc.pair_terms_backward.default,
@@ -692,6 +774,11 @@ def _opcheck_cases(make_batch):
                 stats,
                 hard_state,
             ),
+        ),
+        (
+            hc.pair_terms_backward.default,
+            (grad_terms, zad, zcd, a_ids, c_ids, ALL_MODES, TARGETS, 1.0, True, True, True)
+            + (False, stats, hard_state, zcd.shape[0]),
         ),
         (hc.loss_values.default, (*x_leaves, labels, *loss_args, False, True)),
         (hc.loss_values.default, (*x_leaves, labels, *loss_args, True, False)),
@@ -721,7 +808,7 @@ def _opcheck_cases(make_batch):
     ]
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(17))
 def test_opcheck(make_batch, case):
     op, args = _opcheck_cases(make_batch)[case]
     torch.library.opcheck(op, args)

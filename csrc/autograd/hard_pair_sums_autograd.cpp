@@ -62,11 +62,12 @@ class HardPairSumsBackwardFunction
                                const Variable& za, const Variable& zc, const Variable& a_ids,
                                const Variable& c_ids, at::IntArrayRef modes,
                                at::ArrayRef<double> targets, double gamma, bool select_positives,
-                               bool select_negatives, const Variable& state) {
+                               bool select_negatives, const Variable& state,
+                               int64_t constant_rows) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [grad_za, grad_zc] =
         hard_pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
-                                select_positives, select_negatives, state);
+                                select_positives, select_negatives, state, constant_rows);
     return {grad_za, grad_zc};
   }
 
@@ -88,10 +89,10 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward_autograd(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
-    const at::Tensor& state) {
+    const at::Tensor& state, int64_t constant_rows) {
   const auto out =
       HardPairSumsBackwardFunction::apply(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
-                                          select_positives, select_negatives, state);
+                                          select_positives, select_negatives, state, constant_rows);
   return {out[0], out[1]};
 }
 

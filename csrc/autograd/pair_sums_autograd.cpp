@@ -39,9 +39,10 @@ class PairSumsBackwardFunction : public torch::autograd::Function<PairSumsBackwa
   static variable_list forward(AutogradContext* /*ctx*/, const Variable& grad_stats,
                                const Variable& za, const Variable& zc, const Variable& a_ids,
                                const Variable& c_ids, at::IntArrayRef modes,
-                               at::ArrayRef<double> targets) {
+                               at::ArrayRef<double> targets, int64_t constant_rows) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [grad_za, grad_zc] = pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets);
+    auto [grad_za, grad_zc] =
+        pair_sums_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, constant_rows);
     return {grad_za, grad_zc};
   }
 
@@ -59,9 +60,9 @@ at::Tensor pair_sums_autograd(const at::Tensor& za, const at::Tensor& zc, const 
 std::tuple<at::Tensor, at::Tensor> pair_sums_backward_autograd(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets) {
-  const auto out =
-      PairSumsBackwardFunction::apply(grad_stats, za, zc, a_ids, c_ids, modes, targets);
+    at::ArrayRef<double> targets, int64_t constant_rows) {
+  const auto out = PairSumsBackwardFunction::apply(grad_stats, za, zc, a_ids, c_ids, modes, targets,
+                                                   constant_rows);
   return {out[0], out[1]};
 }
 

@@ -13,7 +13,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
-constexpr size_t kInputs = 12;  // forward arguments: za, zc, a_ids, c_ids, modes, ...
+constexpr size_t kInputs = 13;  // forward arguments: za, zc, a_ids, c_ids, modes, ...
 
 class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
  public:
@@ -21,13 +21,13 @@ class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
                                const Variable& a_ids, const Variable& c_ids, at::IntArrayRef modes,
                                at::ArrayRef<double> targets, int64_t h, double gamma,
                                bool select_positives, bool select_negatives, bool pair_selection,
-                               bool refinement) {
+                               bool refinement, int64_t constant_rows) {
     at::Tensor terms, stats, state;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       std::tie(terms, stats, state) =
           pair_terms(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives,
-                     select_negatives, pair_selection, refinement);
+                     select_negatives, pair_selection, refinement, constant_rows);
     }
     ctx->save_for_backward({za, zc, a_ids, c_ids, stats, state});
     ctx->saved_data["modes"] = modes.vec();
@@ -37,6 +37,7 @@ class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
     ctx->saved_data["select_negatives"] = select_negatives;
     ctx->saved_data["pair_selection"] = pair_selection;
     ctx->saved_data["refinement"] = refinement;
+    ctx->saved_data["constant_rows"] = constant_rows;
     ctx->mark_non_differentiable({stats, state});
     ctx->set_materialize_grads(false);  // no zero tensors for the outputs without gradient
     return {terms, stats, state};
@@ -51,7 +52,8 @@ class PairTermsFunction : public torch::autograd::Function<PairTermsFunction> {
         grads[0], saved[0], saved[1], saved[2], saved[3], modes, targets,
         ctx->saved_data["gamma"].toDouble(), ctx->saved_data["select_positives"].toBool(),
         ctx->saved_data["select_negatives"].toBool(), ctx->saved_data["pair_selection"].toBool(),
-        ctx->saved_data["refinement"].toBool(), saved[4], saved[5]);
+        ctx->saved_data["refinement"].toBool(), saved[4], saved[5],
+        ctx->saved_data["constant_rows"].toInt());
     // No gradient for the ids and the non-tensor arguments.
     variable_list out(kInputs);
     out[0] = grad_za;
@@ -67,11 +69,12 @@ class PairTermsBackwardFunction : public torch::autograd::Function<PairTermsBack
                                const Variable& c_ids, at::IntArrayRef modes,
                                at::ArrayRef<double> targets, double gamma, bool select_positives,
                                bool select_negatives, bool pair_selection, bool refinement,
-                               const Variable& stats, const Variable& state) {
+                               const Variable& stats, const Variable& state,
+                               int64_t constant_rows) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [grad_za, grad_zc] = pair_terms_backward(grad_terms, za, zc, a_ids, c_ids, modes, targets,
-                                                  gamma, select_positives, select_negatives,
-                                                  pair_selection, refinement, stats, state);
+    auto [grad_za, grad_zc] = pair_terms_backward(
+        grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_positives, select_negatives,
+        pair_selection, refinement, stats, state, constant_rows);
     return {grad_za, grad_zc};
   }
 
@@ -83,10 +86,11 @@ class PairTermsBackwardFunction : public torch::autograd::Function<PairTermsBack
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_terms_autograd(
     const at::Tensor& za, const at::Tensor& zc, const at::Tensor& a_ids, const at::Tensor& c_ids,
     at::IntArrayRef modes, at::ArrayRef<double> targets, int64_t h, double gamma,
-    bool select_positives, bool select_negatives, bool pair_selection, bool refinement) {
+    bool select_positives, bool select_negatives, bool pair_selection, bool refinement,
+    int64_t constant_rows) {
   const auto out =
       PairTermsFunction::apply(za, zc, a_ids, c_ids, modes, targets, h, gamma, select_positives,
-                               select_negatives, pair_selection, refinement);
+                               select_negatives, pair_selection, refinement, constant_rows);
   return {out[0], out[1], out[2]};
 }
 
@@ -94,10 +98,11 @@ std::tuple<at::Tensor, at::Tensor> pair_terms_backward_autograd(
     const at::Tensor& grad_terms, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
-    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state) {
+    bool pair_selection, bool refinement, const at::Tensor& stats, const at::Tensor& state,
+    int64_t constant_rows) {
   const auto out = PairTermsBackwardFunction::apply(
       grad_terms, za, zc, a_ids, c_ids, modes, targets, gamma, select_positives, select_negatives,
-      pair_selection, refinement, stats, state);
+      pair_selection, refinement, stats, state, constant_rows);
   return {out[0], out[1]};
 }
 

@@ -689,11 +689,12 @@ constexpr int64_t kSymmetrizeMaxRows = 512;
 
 // The backward of both entry points. same_rows: za and zc are the same rows with the same
 // descriptors, so dL/dz = dS zc + dS^T za is returned as grad_za alone (grad_zc undefined).
+// Otherwise only zc's first m - constant_rows rows get dS^T za; the others' gradient is zero.
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, const std::optional<PairSelection>& pair_selection,
-    const at::Tensor& state, const at::Tensor& sim, bool same_rows) {
+    const at::Tensor& state, const at::Tensor& sim, bool same_rows, int64_t constant_rows) {
   const auto dtype = compute_dtype(za.scalar_type());
   const at::Tensor za_c = as_dtype(za, dtype).contiguous();
   const at::Tensor zc_c = same_rows ? za_c : as_dtype(zc, dtype).contiguous();
@@ -721,6 +722,10 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
   };
   at::Tensor grad_za = new_grad(n);
   at::Tensor grad_zc = same_rows ? at::Tensor() : new_grad(m);
+  const int64_t grad_rows = m - constant_rows;
+  if (!same_rows && constant_rows > 0) grad_zc.narrow(0, grad_rows, constant_rows).zero_();
+  // The rows of zc that get a gradient, and their columns of dS.
+  at::Tensor grad_zc_rows = same_rows ? at::Tensor() : grad_zc.narrow(0, 0, grad_rows);
   at::Tensor workspace = at::empty({chunk, m}, za_c.options());
   const at::Tensor zc_t = zc_c.t();
   AT_DISPATCH_FLOATING_TYPES(dtype, "hycon_ext_pair_stats_backward", [&] {
@@ -748,20 +753,25 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward_impl(
       // S = za zc^T: dL/dza = dS zc, dL/dzc = dS^T za. Chunks run one after another, so
       // accumulating into the gradients is safe.
       at::Tensor grad_za_rows = grad_za.narrow(0, begin, rows);
-      at::Tensor& grad_c_side = same_rows ? grad_za : grad_zc;
       if (same_rows && one_chunk && n <= kSymmetrizeMaxRows) {
         symmetrize(ds_ptr, n);
         at::mm_out(grad_za, ds, za_c);
-      } else if (one_chunk) {
-        at::mm_out(grad_za_rows, ds, zc_c);
-        if (same_rows) {
-          grad_za.addmm_(ds.t(), za_c);
+      } else if (same_rows) {
+        if (one_chunk) {
+          at::mm_out(grad_za_rows, ds, zc_c);
         } else {
-          at::mm_out(grad_zc, ds.t(), za_c);
+          grad_za_rows.addmm_(ds, zc_c);
         }
+        grad_za.addmm_(ds.t(), za_c.narrow(0, begin, rows));
       } else {
-        grad_za_rows.addmm_(ds, zc_c);
-        grad_c_side.addmm_(ds.t(), za_c.narrow(0, begin, rows));
+        const at::Tensor ds_t = ds.narrow(1, 0, grad_rows).t();
+        if (one_chunk) {
+          at::mm_out(grad_za_rows, ds, zc_c);
+          at::mm_out(grad_zc_rows, ds_t, za_c);
+        } else {
+          grad_za_rows.addmm_(ds, zc_c);
+          grad_zc_rows.addmm_(ds_t, za_c.narrow(0, begin, rows));
+        }
       }
     }
   });
@@ -774,9 +784,10 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, const std::optional<PairSelection>& pair_selection,
-    const at::Tensor& state, const at::Tensor& sim) {
-  auto [grad_za, grad_zc] = pair_stats_backward_impl(grad_stats, za, zc, a_ids, c_ids, modes,
-                                                     targets, pair_selection, state, sim, false);
+    const at::Tensor& state, int64_t constant_rows) {
+  auto [grad_za, grad_zc] =
+      pair_stats_backward_impl(grad_stats, za, zc, a_ids, c_ids, modes, targets, pair_selection,
+                               state, at::Tensor(), /*same_rows=*/false, constant_rows);
   return {as_dtype(grad_za, za.scalar_type()), as_dtype(grad_zc, zc.scalar_type())};
 }
 
@@ -786,7 +797,8 @@ at::Tensor pair_stats_backward_same_rows(const at::Tensor& grad_stats, const at:
                                          const std::optional<PairSelection>& pair_selection,
                                          const at::Tensor& state, const at::Tensor& sim) {
   return std::get<0>(pair_stats_backward_impl(grad_stats, z, z, ids, ids, modes, targets,
-                                              pair_selection, state, sim, true));
+                                              pair_selection, state, sim, /*same_rows=*/true,
+                                              /*constant_rows=*/0));
 }
 
 }  // namespace hycon_ext::cpu

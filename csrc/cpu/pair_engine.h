@@ -37,13 +37,13 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
     at::IntArrayRef modes, at::ArrayRef<double> targets,
     const std::optional<PairSelection>& pair_selection, at::Tensor* sim = nullptr);
 
-// (grad_za, grad_zc); state is the forward's with pair_selection, else ignored. sim: the
-// forward's kept similarities (read only), or undefined to recompute them.
+// (grad_za, grad_zc); state is the forward's with pair_selection, else ignored. The last
+// constant_rows rows of zc are constants: their gradient is zero and is not computed.
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, const std::optional<PairSelection>& pair_selection,
-    const at::Tensor& state, const at::Tensor& sim = at::Tensor());
+    const at::Tensor& state, int64_t constant_rows);
 
 // pair_stats_backward when the anchors and the candidates are the same rows (za = zc = z, same
 // descriptors): dL/dz = dS z + dS^T z, in the compute dtype. With a small kept S that is one

@@ -16,10 +16,10 @@ at::Tensor pair_sums_cpu(const at::Tensor& za, const at::Tensor& zc, const at::T
 std::tuple<at::Tensor, at::Tensor> pair_sums_backward_cpu(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets) {
-  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
+    at::ArrayRef<double> targets, int64_t constant_rows) {
+  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, constant_rows);
   return cpu::pair_stats_backward(grad_stats, za, zc, a_ids, c_ids, modes, targets, std::nullopt,
-                                  at::Tensor());
+                                  at::Tensor(), constant_rows);
 }
 
 }  // namespace

@@ -21,12 +21,12 @@ std::tuple<at::Tensor, at::Tensor> hard_pair_sums_backward_cuda(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
-    const at::Tensor& state) {
-  check_hard_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma,
-                                     state);
+    const at::Tensor& state, int64_t constant_rows) {
+  check_hard_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, gamma, state,
+                                     constant_rows);
   return cuda::pair_stats_backward</*kSelect=*/true>(grad_stats, za, zc, a_ids, c_ids, modes,
                                                      targets, gamma, select_positives,
-                                                     select_negatives, state);
+                                                     select_negatives, state, constant_rows);
 }
 
 }  // namespace

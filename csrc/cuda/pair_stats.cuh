@@ -379,12 +379,13 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_forward(
 }
 
 // Backward: (grad_za, grad_zc) in the inputs' dtypes. grad_stats and state are (N, n_modes, 4|7).
+// The last constant_rows rows of zc are constants: their gradient is zero and is not computed.
 template <bool kSelect>
 std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
     at::ArrayRef<double> targets, double gamma, bool select_positives, bool select_negatives,
-    const at::Tensor& state) {
+    const at::Tensor& state, int64_t constant_rows) {
   const c10::cuda::CUDAGuard guard(za.device());
   const auto ct = compute_dtype(za.scalar_type());
   const at::Tensor za_c = as_dtype(za, ct).contiguous(), zc_c = as_dtype(zc, ct).contiguous();
@@ -394,6 +395,8 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
   const int64_t n = za.size(0), m = zc.size(0), n_modes = modes.size();
   at::Tensor grad_za = at::empty_like(za_c);
   at::Tensor grad_zc = at::zeros_like(zc_c);
+  const int64_t grad_rows = m - constant_rows;
+  at::Tensor grad_zc_rows = grad_zc.narrow(0, 0, grad_rows);
   const int64_t chunk = chunk_rows(n, m);
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -420,7 +423,7 @@ std::tuple<at::Tensor, at::Tensor> pair_stats_backward(
       if (n_modes == 0) dsim.zero_();
       at::Tensor grad_za_rows = grad_za.narrow(0, r0, rows);
       at::mm_out(grad_za_rows, dsim, zc_c);
-      grad_zc.addmm_(dsim.t(), za_rows);
+      grad_zc_rows.addmm_(dsim.narrow(1, 0, grad_rows).t(), za_rows);
     }
   });
   return {as_dtype(grad_za, za.scalar_type()), as_dtype(grad_zc, zc.scalar_type())};

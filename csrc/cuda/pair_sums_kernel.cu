@@ -17,10 +17,11 @@ at::Tensor pair_sums_cuda(const at::Tensor& za, const at::Tensor& zc, const at::
 std::tuple<at::Tensor, at::Tensor> pair_sums_backward_cuda(
     const at::Tensor& grad_stats, const at::Tensor& za, const at::Tensor& zc,
     const at::Tensor& a_ids, const at::Tensor& c_ids, at::IntArrayRef modes,
-    at::ArrayRef<double> targets) {
-  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets);
-  return cuda::pair_stats_backward</*kSelect=*/false>(
-      grad_stats, za, zc, a_ids, c_ids, modes, targets, /*gamma=*/1.0, false, false, at::Tensor());
+    at::ArrayRef<double> targets, int64_t constant_rows) {
+  check_pair_sums_backward_args(grad_stats, za, zc, a_ids, c_ids, modes, targets, constant_rows);
+  return cuda::pair_stats_backward</*kSelect=*/false>(grad_stats, za, zc, a_ids, c_ids, modes,
+                                                      targets, /*gamma=*/1.0, false, false,
+                                                      at::Tensor(), constant_rows);
 }
 
 }  // namespace
