@@ -104,13 +104,13 @@ def time_interleaved(steps, device, repeats, warmup, min_seconds=0.0):
 
 def measure_row(device, k, pair_selection, args):
     impls = [i for i in cases.LOSS_IMPLS if not (args.no_compile and i == "compiled")]
-    # SupConLoss has no selection: the sel=on row times it without, for scale.
+    # SupConLoss has no selection: the selection=on row times it without, for scale.
     steps = {i: cases.make_loss_step(i, k, device, pair_selection and i != "supcon") for i in impls}
     times, calls = time_interleaved(steps, device, args.repeats, args.warmup, args.min_seconds)
     return {
         "device": device,
         "k": k,
-        "sel": cases.selection_label(pair_selection),
+        "selection": cases.selection_label(pair_selection),
         "times": times,
         "calls": calls,
     }
@@ -125,7 +125,9 @@ def add_peaks(rows):
         mine = [r for r in rows if r["device"] == device]
         log(f"memory: {device}, {len(mine) * len(MEMORY_IMPLS)} cases")
         specs = [
-            cases.loss_spec(i, r["k"], device, r["sel"] == "on") for r in mine for i in MEMORY_IMPLS
+            cases.loss_spec(i, r["k"], device, r["selection"] == "on")
+            for r in mine
+            for i in MEMORY_IMPLS
         ]
         peaks, _ = memory.peak_bytes_many(specs)
         for n, r in enumerate(mine):
@@ -148,7 +150,7 @@ def _ratio(num, den):
 
 def loss_table(rows):
     lines = [
-        "| device | K | sel | ext ms | reference ms | compiled ms | SupCon ms | ref/ext "
+        "| device | K | selection | ext ms | reference ms | compiled ms | SupCon ms | ref/ext "
         "| compiled/ext "
         "| ext GFLOP/s* | ext peak MB | ref peak MB | ref/ext mem | calls |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -157,7 +159,8 @@ def loss_table(rows):
         t, p = r["times"], r["peaks"]
         flops = 6 * (3 * r["k"]) ** 2 * cases.D
         lines.append(
-            f"| {r['device']} | {r['k']} | {r['sel']} | {_ms(t['ext'])} | {_ms(t['reference'])} "
+            f"| {r['device']} | {r['k']} | {r['selection']} | {_ms(t['ext'])} "
+            f"| {_ms(t['reference'])} "
             f"| {_ms(t.get('compiled'))} | {_ms(t['supcon'])} | {_ratio(t['reference'], t['ext'])} "
             f"| {_ratio(t.get('compiled'), t['ext'])} | {flops / t['ext'] / 1e9:.3g} "
             f"| {_mb(p['ext'])} "
@@ -166,7 +169,7 @@ def loss_table(rows):
     lines += [
         "",
         "\\* one similarity matrix forward and backward, 6 (3K)^2 d FLOPs: the arithmetic floor of "
-        "the fused path, divided by the ext time. SupCon has no pair selection: sel=on rows "
+        "the fused path, divided by the ext time. SupCon has no pair selection: selection=on rows "
         "time it without.",
     ]
     return lines
@@ -178,7 +181,7 @@ def reference_bytes_per_cell(rows, device, selection_label):
     measured = [
         r
         for r in rows
-        if (r["device"], r["sel"]) == (device, selection_label) and r["peaks"]["reference"]
+        if (r["device"], r["selection"]) == (device, selection_label) and r["peaks"]["reference"]
     ]
     if not measured:
         return None
@@ -190,7 +193,7 @@ def big_section(rows, devices):
     lines = [
         f"### K = {BIG_K} ({3 * BIG_K} rows): ext alone",
         "",
-        "| device | sel | ext s (one call) | ext peak MB | within 1 GB "
+        "| device | selection | ext s (one call) | ext peak MB | within 1 GB "
         "| reference would need (GB) |",
         "|---|---|---:|---:|---|---:|",
     ]
@@ -198,7 +201,7 @@ def big_section(rows, devices):
     for device in devices:
         for pair_selection in (False, True):
             per_cell = reference_bytes_per_cell(rows, device, cases.selection_label(pair_selection))
-            log(f"big: {device} K={BIG_K} sel={cases.selection_label(pair_selection)}")
+            log(f"big: {device} K={BIG_K} selection={cases.selection_label(pair_selection)}")
             spec = {
                 **cases.loss_spec("ext", BIG_K, device, pair_selection),
                 "warmup_k": BIG_WARMUP_K,
@@ -230,14 +233,14 @@ def memory_section(args):
     lines = [
         f"### Cross-batch memory: K = {k}, Q = {q} (HyConLoss(memory_size={q}), memory full)",
         "",
-        "| device | sel | ext ms | reference ms | ref/ext | ext peak MB | ref peak MB "
+        "| device | selection | ext ms | reference ms | ref/ext | ext peak MB | ref peak MB "
         "| ref/ext mem | calls |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for device in args.devices:
         rows = []
         for pair_selection in (False, True):
-            log(f"memory: {device} K={k} Q={q} sel={cases.selection_label(pair_selection)}")
+            log(f"memory: {device} K={k} Q={q} selection={cases.selection_label(pair_selection)}")
             steps = {
                 i: cases.make_memory_step(i, k, q, device, pair_selection) for i in MEMORY_IMPLS
             }
@@ -389,7 +392,7 @@ def main(argv=None):
     for device in args.devices:
         for k in () if args.memory_only else args.sizes:
             for pair_selection in (False, True):
-                log(f"loss: {device} K={k} sel={cases.selection_label(pair_selection)}")
+                log(f"loss: {device} K={k} selection={cases.selection_label(pair_selection)}")
                 rows.append(measure_row(device, k, pair_selection, args))
     add_peaks(rows)
     lines = header(args) + ([] if args.memory_only else [""] + loss_table(rows))

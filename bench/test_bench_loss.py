@@ -1,7 +1,7 @@
 """Forward + backward of hycon_loss: ext vs eager reference vs torch.compile(reference) vs SupCon.
 
 Each (device, K, selection) is one pytest-benchmark group, so its table reads the
-implementations side by side. SupConLoss has no pair selection, so it appears in the sel=off
+implementations side by side. SupConLoss has no pair selection, so it appears in the selection=off
 groups only. Never asserts timings.
 """
 
@@ -10,7 +10,9 @@ import pytest
 from bench import cases
 
 CASES = [
-    pytest.param(pair_selection, impl, id=f"sel={cases.selection_label(pair_selection)}-{impl}")
+    pytest.param(
+        pair_selection, impl, id=f"selection={cases.selection_label(pair_selection)}-{impl}"
+    )
     for pair_selection in (False, True)
     for impl in cases.LOSS_IMPLS
     if not (impl == "supcon" and pair_selection)
@@ -30,5 +32,8 @@ def test_loss(run_benchmark, require_ext, benchmark, device, k, pair_selection, 
     step = cases.make_loss_step(impl, k, device, pair_selection, compile_backend=backend)
     spec = cases.loss_spec(impl, k, device, pair_selection)
     run_benchmark(
-        step, spec, group=f"{device} K={k} sel={cases.selection_label(pair_selection)}", **info
+        step,
+        spec,
+        group=f"{device} K={k} selection={cases.selection_label(pair_selection)}",
+        **info,
     )

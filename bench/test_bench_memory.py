@@ -17,7 +17,9 @@ SMALL_K, LARGE_K = 768, 1536  # 2x the rows: linear growth is 2x the memory, a (
 LINEAR_BOUND = 3  # between the two, with room for page rounding
 REFERENCE_K = 768
 REFERENCE_FACTOR = 10  # the bound: ext peak at most 1/10 of the reference's
-SELECTION = pytest.mark.parametrize("pair_selection", [False, True], ids=["sel=off", "sel=on"])
+SELECTION = pytest.mark.parametrize(
+    "pair_selection", [False, True], ids=["selection=off", "selection=on"]
+)
 
 
 CASES = [("ext", SMALL_K), ("ext", LARGE_K), ("reference", REFERENCE_K)]

@@ -23,10 +23,10 @@ def plot_tsne(
     fig, ax = plt.subplots(figsize=(5, 5))
     markers = ["x", "o", "^", "s", "v", "D", "P", "*"]
     for c in np.unique(classes):
-        sel = classes == c
+        in_class = classes == c
         ax.scatter(
-            points[sel, 0],
-            points[sel, 1],
+            points[in_class, 0],
+            points[in_class, 1],
             s=10,
             marker=markers[int(c) % len(markers)],
             label=class_names[int(c)] if int(c) < len(class_names) else str(c),
