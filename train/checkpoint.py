@@ -126,10 +126,29 @@ def _flag(key):
     return DERIVED_NAMES.get(key, "--" + key.replace("_", "-"))
 
 
+# Ablation switches that only set a loss weight or alpha: compared by the values they set, so that
+# e.g. --no-margin and --alpha 1 are the same run.
+_LAMBDA_SWITCHES = ("no_iamcl", "no_iemcl", "no_scl")
+
+
+def _effective(config):
+    """config with --no-margin and --no-iamcl/--no-iemcl/--no-scl folded into alpha and lambdas."""
+    config = dict(config)
+    if config.pop("no_margin", False):
+        config["alpha"] = 1.0
+    lambdas = config.get("lambdas")
+    for i, switch in enumerate(_LAMBDA_SWITCHES):
+        if config.pop(switch, False) and isinstance(lambdas, list) and i < len(lambdas):
+            lambdas = lambdas[:i] + [0.0] + lambdas[i + 1 :]
+    if lambdas is not None:
+        config["lambdas"] = lambdas
+    return config
+
+
 def check_resume(path, saved, current, epochs):
     """CheckpointError unless the checkpoint ``saved`` (from load) may continue a run with
     configuration ``current`` up to ``epochs``."""
-    before, now = saved["config"], current
+    before, now = _effective(saved["config"]), _effective(current)
     differ = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     if differ:
         pairs = "; ".join(

@@ -391,6 +391,18 @@ def test_resume_refuses_another_configuration(
         assert str(out / "seed1" / "last.pt") in err and "drop --resume" in err
 
 
+def test_resume_compares_what_the_ablation_switches_set(tmp_path):
+    """--no-margin is --alpha 1 and --no-iamcl a zero first lambda, whichever way a run says it."""
+    base = dict(alpha=0.8, no_margin=False, lambdas=[1.0, 1.0, 1.0], no_iamcl=False, lr=0.003)
+    saved = {"config": dict(base, no_margin=True, no_iamcl=True), "epoch": 2}
+    path = tmp_path / "last.pt"
+    checkpoint.check_resume(path, saved, dict(base, alpha=1.0, lambdas=[0.0, 1.0, 1.0]), 3)
+    with pytest.raises(checkpoint.CheckpointError, match="--alpha 1.0 in the checkpoint, 0.8 now"):
+        checkpoint.check_resume(path, saved, dict(base, lambdas=[0.0, 1.0, 1.0]), 3)
+    with pytest.raises(checkpoint.CheckpointError, match=r"--lambdas \[0.0, 1.0, 1.0\] in the"):
+        checkpoint.check_resume(path, saved, dict(base, alpha=1.0), 3)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty", "random", "not a checkpoint"])
 def test_resume_refuses_a_damaged_checkpoint(monkeypatch, capsys, tmp_path, trained_run, damage):
     flags, run = trained_run
