@@ -52,6 +52,7 @@ class TextSetting:
 def load_pretrained(cls, name):
     """cls.from_pretrained(name): the local cache or folder first (no network round trip), then
     the normal download into the Hugging Face cache. OSError/ValueError when neither works."""
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # a local load is quick; a download keeps its progress bar
@@ -65,7 +66,14 @@ def load_pretrained(cls, name):
             raise
     finally:
         logging.enable_progress_bar()
-    return cls.from_pretrained(name)
+    # Without a network, huggingface_hub logs each failed request before the OSError that the
+    # caller turns into one line naming the model and how to get it: keep stderr to that line.
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        return cls.from_pretrained(name)
+    finally:
+        hub_logging.set_verbosity(verbosity)
 
 
 def how_to_get(name):

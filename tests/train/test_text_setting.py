@@ -163,3 +163,23 @@ def test_cli_explicit_transformer_with_cls_pool_is_an_error(tmp_path):
                 str(tmp_path / "o"),
             ]
         )
+
+
+def test_a_failed_download_leaves_stderr_to_the_one_line_error(monkeypatch, caplog):
+    """huggingface_hub logs each failed request; the caller's one-line error says it all."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    class Model:
+        @staticmethod
+        def from_pretrained(name, local_files_only=False):
+            if not local_files_only:
+                hub_logging.get_logger("huggingface_hub.file_download").warning("request failed")
+            raise OSError(f"{name} is not in the cache")
+
+    verbosity = hub_logging.get_verbosity()
+    with pytest.raises(OSError, match="not in the cache"):
+        text_setting.load_pretrained(Model, "some/model")
+    assert "request failed" not in caplog.text
+    assert hub_logging.get_verbosity() == verbosity
