@@ -589,8 +589,12 @@ def _class_names(mode):
 
 
 def resume_command(argv):
-    """The command line that continues the run of ``argv`` (the same flags and --resume)."""
-    return shlex.join(["python", sys.argv[0], *argv, *([] if "--resume" in argv else ["--resume"])])
+    """How to continue the run of ``argv``: the same flags and --resume, under torchrun with the
+    same launcher options (which a worker process cannot see)."""
+    script = [sys.argv[0], *argv, *([] if "--resume" in argv else ["--resume"])]
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return f"torchrun with the same options, and {shlex.join(script)}"
+    return shlex.join(["python", *script])
 
 
 def cli():

@@ -11,6 +11,7 @@ threshold, which these seeds do not produce.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,45 @@ def test_demo_written_by_rank0_and_resume_continues_exactly(tmp_path):
     assert resumed.count("resumed from") == 1
     got, expected = _results(tmp_path / "part"), _results(tmp_path / "full")
     assert got["test"] == expected["test"] and got["test_loss"] == expected["test_loss"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_keeps_finished_epochs_and_says_how_to_resume(tmp_path):
+    """Ctrl-C in a terminal signals torchrun and every worker: rank 0 alone says how to continue
+    (the launcher's own options are not visible to a worker), and --resume continues."""
+    out = tmp_path / "out"
+    args = ["--dataset", "iemocap", "--demo", "--out", str(out), "--batch-size", "16"] + CPU
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.Popen(
+        launcher + [str(REPO / "train" / "main.py"), *args, "--epochs", "500"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, signalled as a terminal would
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("seed 1 epoch 2:"):  # printed after epoch 2's checkpoint
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ours = [line for line in err.splitlines() if line.startswith("interrupted: ")]
+    assert len(ours) == 1, err  # rank 0 only
+    assert ours[0].endswith(
+        f"continue with: torchrun with the same options, and "
+        f"{REPO / 'train' / 'main.py'} {' '.join(args)} --epochs 500 --resume"
+    ), ours[0]
+    done = torch.load(out / "seed1" / "last.pt", weights_only=True)["epoch"]
+    assert 2 <= done < 500
+    resumed = _torchrun(args + ["--epochs", str(done + 1), "--resume"])
+    assert resumed.count(f"resumed from {out / 'seed1' / 'last.pt'} after epoch {done}") == 1
 
 
 def test_comparison_losses_are_refused_under_torchrun(tmp_path, monkeypatch):
