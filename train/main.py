@@ -605,6 +605,15 @@ def cli():
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except torch.OutOfMemoryError as err:  # the device's memory, not a bad flag: status 1
+        first = (str(err).strip().splitlines() or ["out of memory"])[0]
+        print(
+            f"error: out of memory ({first}); train with a smaller --batch-size (a pretrained "
+            f"text encoder also with a smaller --max-seq-len); finished epochs are kept in "
+            f"last.pt, but --resume continues only with the same --batch-size",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C: last.pt already holds every finished epoch
         if os.environ.get("RANK", "0") == "0":
             out = build_parser().parse_args(argv).out

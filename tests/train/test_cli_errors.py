@@ -474,3 +474,18 @@ def test_atomic_writes_leave_the_old_file_when_interrupted(tmp_path):
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
         "results.json"
     ]
+
+
+def test_out_of_memory_is_one_line_naming_the_batch_size(monkeypatch, capsys, tmp_path):
+    from train import main as main_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr(main_module, "_train", out_of_memory)
+    code, err = run_cli(
+        monkeypatch, capsys, ["--dataset", "mosi", "--demo", "--out", str(tmp_path)]
+    )
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)")
+    assert "smaller --batch-size" in err
