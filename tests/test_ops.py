@@ -94,6 +94,7 @@ def run_terms(
     gamma=1.0,
     modes=ALL_MODES,
     targets=TARGETS,
+    constant_rows=0,
 ):
     return lambda za, zc: module.pair_terms(
         za,
@@ -108,6 +109,7 @@ def run_terms(
         select_negatives,
         pair_selection,
         refinement,
+        constant_rows,
     )
 
 
@@ -386,21 +388,8 @@ def test_pair_terms_zero_positive_sum_and_nan():
 
 def _terms_and_grads(module, za, zc, a_ids, c_ids, pair_selection, constant_rows):
     za, zc = leaves(za, zc)
-    terms = module.pair_terms(
-        za,
-        zc,
-        a_ids,
-        c_ids,
-        ALL_MODES,
-        TARGETS,
-        3,
-        1.0,
-        True,
-        True,
-        pair_selection,
-        True,
-        constant_rows,
-    )
+    fn = run_terms(module, a_ids, c_ids, pair_selection, True, h=3, constant_rows=constant_rows)
+    terms = fn(za, zc)
     weights = torch.randn(
         terms.shape, generator=torch.Generator().manual_seed(5), dtype=terms.dtype
     )
@@ -436,21 +425,7 @@ def test_pair_terms_constant_rows(pair_selection, k, anchor_step):
 def test_pair_terms_constant_rows_out_of_range(module, constant_rows):
     za, zc, a_ids, c_ids = make_problem(7, seed=41)  # 21 candidate rows
     with pytest.raises((RuntimeError, ValueError), match=r"constant_rows.*\[0, 21\].*got"):
-        module.pair_terms(
-            za,
-            zc,
-            a_ids,
-            c_ids,
-            ALL_MODES,
-            TARGETS,
-            2,
-            1.0,
-            True,
-            True,
-            False,
-            True,
-            constant_rows,
-        )
+        run_terms(module, a_ids, c_ids, False, True, constant_rows=constant_rows)(za, zc)
 
 
 @pytest.mark.skipif(not ops.is_available("cuda"), reason="no CUDA device")
