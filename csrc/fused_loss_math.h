@@ -1,4 +1,4 @@
-// The arithmetic of the fused CUDA loss (csrc/cuda/fused_loss.cu) that is not GPU-specific:
+// The arithmetic of the fused CUDA loss (csrc/cuda/fused_loss.cuh) that is not GPU-specific:
 // tile and split ranges, the relation of two rows of loss_values, the per-row sums and stats,
 // the per-anchor terms and the losses, and the dL/dS coefficients of the backward. Plain C++
 // (no ATen), so csrc/test/test_fused_math.cpp runs exactly these formulas on the CPU against
@@ -8,11 +8,7 @@
 
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define HYCON_HOST_DEVICE __host__ __device__
-#else
-#define HYCON_HOST_DEVICE
-#endif
+#include "host_device.h"
 
 namespace hycon_ext {
 namespace fused {
