@@ -410,6 +410,14 @@ LOSS_ARGS = dict(
     pair_selection=False,
     refinement=True,
 )
+
+
+def loss_args(**overrides):
+    """LOSS_ARGS with overrides, as loss_values' arguments after the labels (the dict keeps the
+    schema's order)."""
+    return tuple(dict(LOSS_ARGS, **overrides).values())
+
+
 # Output dtypes of the inputs: half precision gradients are rounded once to their dtype.
 HALF_TOLERANCES = {
     torch.float16: dict(atol=2e-3, rtol=2e-3),
@@ -440,20 +448,8 @@ def loss_inputs(k, d, seed, dtype=torch.float64, n_classes=3, scale=2.0):
 def loss_step(xs, labels, grad_losses, device, **overrides):
     """loss_values forward and backward on `device`: ((4,) losses, terms, stats, 3 gradients),
     all on the CPU; grad_losses weights (total, scl, iamcl, iemcl)."""
-    args = dict(LOSS_ARGS, **overrides)
     leaves = on(device, *xs, grad=True)
-    out = torch.ops.hycon_ext.loss_values(
-        *leaves,
-        labels.to(device),
-        args["alpha"],
-        args["lambdas"],
-        args["h"],
-        args["gamma"],
-        args["select_positives"],
-        args["select_negatives"],
-        args["pair_selection"],
-        args["refinement"],
-    )
+    out = torch.ops.hycon_ext.loss_values(*leaves, labels.to(device), *loss_args(**overrides))
     losses = torch.stack(out[:4])
     grads = torch.autograd.grad((losses * grad_losses.to(device, losses.dtype)).sum(), leaves)
     return (losses.detach().cpu(), out[5].cpu(), out[6].cpu(), *(g.cpu() for g in grads))
@@ -546,24 +542,9 @@ def test_loss_values_gradcheck_on_cuda(ops, path):
     xs, labels, _ = loss_inputs(4, 5, seed=60)
     x_l, x_a, x_v = on("cuda", *xs, grad=True)
     lab = labels.cuda()
-    a = LOSS_ARGS
 
     def fn(x_l, x_a, x_v):
-        out = torch.ops.hycon_ext.loss_values(
-            x_l,
-            x_a,
-            x_v,
-            lab,
-            a["alpha"],
-            a["lambdas"],
-            a["h"],
-            a["gamma"],
-            a["select_positives"],
-            a["select_negatives"],
-            False,
-            a["refinement"],
-        )
-        return out[:4]
+        return torch.ops.hycon_ext.loss_values(x_l, x_a, x_v, lab, *loss_args())[:4]
 
     assert torch.autograd.gradcheck(fn, (x_l, x_a, x_v))
 
@@ -574,17 +555,7 @@ def test_loss_values_opcheck_on_cuda(ops, path, dtype):
     xs, labels, _ = loss_inputs(9, 6, seed=70, dtype=dtype)
     leaves = on("cuda", *xs, grad=True)
     lab = labels.cuda()
-    a = LOSS_ARGS
-    args = (
-        a["alpha"],
-        a["lambdas"],
-        a["h"],
-        a["gamma"],
-        a["select_positives"],
-        a["select_negatives"],
-        False,
-        a["refinement"],
-    )
+    args = loss_args()
     lib = torch.ops.hycon_ext
     torch.library.opcheck(lib.loss_values.default, (*leaves, lab, *args))
     _, _, _, _, z, terms, stats, state, sim = lib.loss_values(*leaves, lab, *args)
@@ -595,13 +566,8 @@ def test_loss_values_opcheck_on_cuda(ops, path, dtype):
             grad_losses,
             lab,
             z,
-            a["alpha"],
-            a["lambdas"],
-            a["gamma"],
-            a["select_positives"],
-            a["select_negatives"],
-            False,
-            a["refinement"],
+            *args[:2],  # loss_values' arguments without h
+            *args[3:],
             terms,
             stats,
             state,
@@ -643,24 +609,12 @@ def test_fused_step_captures_in_a_cuda_graph(ops, monkeypatch, k, d):
     """A whole forward + backward step captured with torch.cuda.graph replays to the eager
     results, bit for bit, on fresh inputs copied into the captured tensors."""
     monkeypatch.setenv(FUSED_ENV, "1")
-    a = LOSS_ARGS
     static = [torch.zeros(k, d, device="cuda", requires_grad=True) for _ in range(3)]
     labels = torch.zeros(k, dtype=torch.int64, device="cuda")
     weights = torch.zeros(4, device="cuda")
 
     def step():
-        out = torch.ops.hycon_ext.loss_values(
-            *static,
-            labels,
-            a["alpha"],
-            a["lambdas"],
-            a["h"],
-            a["gamma"],
-            True,
-            True,
-            False,
-            a["refinement"],
-        )
+        out = torch.ops.hycon_ext.loss_values(*static, labels, *loss_args())
         losses = torch.stack(out[:4])
         return (losses, *torch.autograd.grad((losses * weights).sum(), static))
 

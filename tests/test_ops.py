@@ -804,24 +804,26 @@ def _bad_calls(make_batch):
         *args, 0.8, [1.0] * 3, 1, 1.0, True, True, False, True
     )
     _, _, _, _, z, terms, loss_stats, loss_state, sim = loss(x_l, x_l, x_l, labels)
-    grad4 = torch.zeros(4, dtype=torch.float64)
-    back = lambda pair_selection, stats, state, kept: hc.loss_values_backward(  # noqa: E731
-        grad4,
-        labels,
-        z,
-        0.8,
-        [1.0] * 3,
-        1.0,
-        True,
-        True,
-        pair_selection,
-        True,
-        terms,
-        stats,
-        state,
-        kept,
-        torch.float64,
-    )
+
+    def back(pair_selection, stats, state, kept, grad=None):
+        return hc.loss_values_backward(
+            torch.zeros(4, dtype=torch.float64) if grad is None else grad,
+            labels,
+            z,
+            0.8,
+            [1.0] * 3,
+            1.0,
+            True,
+            True,
+            pair_selection,
+            True,
+            terms,
+            stats,
+            state,
+            kept,
+            torch.float64,
+        )
+
     return [
         # Full messages, numbers included: a build with its own static libstdc++ lost (gcc 12)
         # or crashed on (gcc 13) the numbers (docs/gpu.md).
@@ -931,42 +933,12 @@ def _bad_calls(make_batch):
             "h must be >= 1",
         ),
         (
-            lambda: hc.loss_values_backward(
-                torch.zeros(3),
-                labels,
-                z,
-                0.8,
-                [1.0] * 3,
-                1.0,
-                True,
-                True,
-                False,
-                True,
-                terms,
-                loss_stats,
-                loss_state,
-                sim,
-                torch.float64,
-            ),
+            lambda: back(False, loss_stats, loss_state, sim, grad=torch.zeros(3)),
             "grad_losses must have shape",
         ),
         (
-            lambda: hc.loss_values_backward(
-                torch.zeros(4, dtype=torch.int64),
-                labels,
-                z,
-                0.8,
-                [1.0] * 3,
-                1.0,
-                True,
-                True,
-                False,
-                True,
-                terms,
-                loss_stats,
-                loss_state,
-                sim,
-                torch.float64,
+            lambda: back(
+                False, loss_stats, loss_state, sim, grad=torch.zeros(4, dtype=torch.int64)
             ),
             "grad_losses must be a floating tensor",
         ),
